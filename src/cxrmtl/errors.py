@@ -1,0 +1,41 @@
+"""Project exceptions. Every error a user can cause is a CxrmtlError whose message names the file or field."""
+
+from __future__ import annotations
+
+
+class CxrmtlError(Exception):
+    """Base class: the CLI prints the message (no traceback) and exits with status 2."""
+
+
+class DataLayoutError(CxrmtlError):
+    """An NIH-layout folder is broken (missing or malformed metadata, overlapping splits, ...)."""
+
+
+class ImageReadError(CxrmtlError):
+    """An image file cannot be read; the message names the file and the reason."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CacheError(CxrmtlError):
+    """A preprocessing cache is missing, incompatible or corrupt."""
+
+
+class ConfigError(CxrmtlError):
+    """A config file or --set override is invalid; the message names the field."""
+
+
+class CheckpointError(CxrmtlError):
+    """A checkpoint is corrupt, truncated or does not match the config."""
+
+
+class RunError(CxrmtlError):
+    """A run directory is missing files or was produced by an incompatible version."""
+
+
+# --- eval/localization.py, eval/cam.py, eval/paired.py, eval/ablation.py ---------------------------------------------
+class EvaluationError(CxrmtlError):
+    """Evaluation inputs do not fit together (heatmap, boxes, predictions, labels); the message names the field."""

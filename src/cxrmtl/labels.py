@@ -1,0 +1,127 @@
+"""Domain constants: one source of truth for label order, task names, codes and normalisation.
+
+Everything that names a finding, a view or a sex code imports it from here. Numbers cite FACTS.md sources.
+"""
+
+from __future__ import annotations
+
+# The 14 ChestX-ray14 findings in the canonical order used by Wang et al. 2017 and CheXNet (FACTS.md).
+FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+NUM_FINDINGS: int = len(FINDINGS)
+FINDING_INDEX: dict[str, int] = {name: i for i, name in enumerate(FINDINGS)}
+NO_FINDING: str = "No Finding"
+
+# BBox_List_2017.csv covers 8 findings and spells one of them differently ("Infiltrate").
+BBOX_FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+)
+LABEL_ALIASES: dict[str, str] = {"Infiltrate": "Infiltration"}
+
+# Categorical metadata codes. -1 everywhere means "missing" (the sample is masked out for that task).
+SEX_CODES: dict[str, int] = {"M": 0, "F": 1}
+VIEW_CODES: dict[str, int] = {"PA": 0, "AP": 1}
+MISSING_CODE: int = -1
+
+# Official NIH release facts (FACTS.md) used by checks and tests.
+NIH_NUM_IMAGES: int = 112_120
+NIH_NUM_PATIENTS: int = 30_805
+NIH_IMAGE_SIZE: int = 1024
+NIH_SPLIT_COUNTS: dict[str, tuple[int, int]] = {"train_val": (86_524, 28_008), "test": (25_596, 2_797)}
+NIH_ARCHIVES: int = 12
+
+# File names of the NIH release.
+DATA_ENTRY_NAMES: tuple[str, ...] = (
+    "Data_Entry_2017_v2020.csv",
+    "Data_Entry_2017_v2020.csv.gz",
+    "Data_Entry_2017.csv",
+    "Data_Entry_2017.csv.gz",
+)
+BBOX_NAMES: tuple[str, ...] = ("BBox_List_2017.csv", "BBox_List_2017.csv.gz")
+TRAIN_VAL_LIST: str = "train_val_list.txt"
+TEST_LIST: str = "test_list.txt"
+GOOGLE_LABELS_NAME: str = "google2019_nih-chest-xray-labels.csv.gz"
+
+# Splits. "val" is carved out of train_val by patient (default fraction below, seeded).
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+DEFAULT_VAL_FRACTION: float = 0.10
+DEFAULT_SPLIT_SEED: int = 0
+
+# Task names produced by the index and consumed by tasks/ (see docs/architecture.md).
+TARGET_NAMES: tuple[str, ...] = ("findings", "abnormal", "age", "sex", "view")
+
+# Pixel normalisation applied on the device to uint8 images: x = (u8 / 255 - MEAN) / STD.
+# Gray mean/std of NIH images measured on the 225 real PNGs in ../shared/data/nih/images (ImageNet's gray
+# equivalent is close: 0.449 / 0.226).
+PIXEL_MEAN: float = 0.50
+PIXEL_STD: float = 0.25
+
+# Urgency order for triage, most urgent first (Baltruschat et al., Eur Radiol 2021: pneumothorax, effusion,
+# infiltrate, congestion (~Edema), atelectasis, cardiomegaly, mass); the rest follow by clinical acuity.
+URGENCY_ORDER: tuple[str, ...] = (
+    "Pneumothorax",
+    "Effusion",
+    "Infiltration",
+    "Edema",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Mass",
+    "Pneumonia",
+    "Consolidation",
+    "Nodule",
+    "Hernia",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+)
+
+# Image reader limits (decompression-bomb guard): largest side and total pixels accepted.
+MAX_IMAGE_SIDE: int = 16_384
+MAX_IMAGE_PIXELS: int = 100_000_000
+MAX_IMAGE_BYTES: int = 512 * 1024 * 1024
+
+# --- Localisation and ablation (eval/localization.py, eval/ablation.py) -------------------------------------------
+# Wang et al. 2017 (ChestX-ray8, arXiv:1705.02315, Sec. 4 "B-Box generation"): the heatmap is normalised to
+# [0, 255] and binarised at 60 and at 180 separately; every connected region of either binary map becomes a box.
+LOC_HEATMAP_THRESHOLDS: tuple[int, ...] = (60, 180)
+# Overlap thresholds Wang et al. report: T(IoBB) for the 14-class model, T(IoU) for the 8-class model (FACTS.md).
+LOC_IOBB_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+LOC_IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+# Wang et al. 2017, 14-class model, localisation accuracy at T(IoBB) = 0.5 (FACTS.md).
+WANG_IOBB05_ACCURACY: dict[str, float] = {
+    "Atelectasis": 0.194,
+    "Cardiomegaly": 0.945,
+    "Effusion": 0.418,
+    "Infiltration": 0.650,
+    "Mass": 0.306,
+    "Nodule": 0.000,
+    "Pneumonia": 0.483,
+    "Pneumothorax": 0.265,
+}
+# The overlap threshold at which the gallery calls a heatmap a hit (the one Wang et al. tabulate).
+LOC_GALLERY_IOBB: float = 0.5
+# Ablation: seeds per variant on the phantom (issue 5: at least 3) and the weighting methods the harness compares.
+ABLATION_DEFAULT_SEEDS: int = 3
+ABLATION_WEIGHTINGS: tuple[str, ...] = ("equal", "uncertainty", "dwa", "gradnorm", "pcgrad")
+# --- end localisation and ablation ---------------------------------------------------------------------------------
