@@ -9,7 +9,6 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)

@@ -125,3 +125,17 @@ LOC_GALLERY_IOBB: float = 0.5
 ABLATION_DEFAULT_SEEDS: int = 3
 ABLATION_WEIGHTINGS: tuple[str, ...] = ("equal", "uncertainty", "dwa", "gradnorm", "pcgrad")
 # --- end localisation and ablation ---------------------------------------------------------------------------------
+
+# --- data index and image reader (data/nih.py, data/imageio.py) -------------------------------------------------
+# Rows of Data_Entry that are in neither official list keep this split name: counted by `data check`, never served.
+UNLISTED_SPLIT: str = "unlisted"
+# Ages above this are impossible and treated as missing: the 2017 csv has typos such as 148, 155 and 411-414 years
+# (FACTS.md; fixed in the v2020 file). 122 years is the oldest verified human age (Jeanne Calment), so 120 is safe.
+MAX_PLAUSIBLE_AGE: float = 120.0
+# Image folders: a flat `images/` (NIH archives) and/or `images_001/images` .. (Kaggle mirror), searched in this order.
+IMAGE_DIR_NAME: str = "images"
+IMAGE_SUBDIR_GLOB: str = "images_*/images"
+# An image needs at least 2 pixels per side: a 1-pixel line cannot be resampled (bilinear needs two samples).
+MIN_IMAGE_SIDE: int = 2
+# Luma weights for colour -> gray when the channels differ (ITU-R BT.601, the weights Pillow's convert("L") uses).
+LUMA_WEIGHTS_RGB: tuple[float, float, float] = (0.299, 0.587, 0.114)
