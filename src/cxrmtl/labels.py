@@ -139,3 +139,58 @@ IMAGE_SUBDIR_GLOB: str = "images_*/images"
 MIN_IMAGE_SIDE: int = 2
 # Luma weights for colour -> gray when the channels differ (ITU-R BT.601, the weights Pillow's convert("L") uses).
 LUMA_WEIGHTS_RGB: tuple[float, float, float] = (0.299, 0.587, 0.114)
+
+# --- Preprocessing cache (data/cache.py, data/loader.py) ---------------------------------------------------------
+# Allowed cache side S (images are S x S): below 8 nothing is left of a chest X-ray; 4096 is 4x NIH's 1024.
+CACHE_MIN_SIZE: int = 8
+CACHE_MAX_SIZE: int = 4096
+# Largest number of images per journal chunk (bounds the work lost to a kill) and the fsync interval: at most this
+# many seconds of decoding is redone after a crash, while fsync stays rare enough to cost < 1% of build time.
+CACHE_MAX_CHUNK: int = 256
+CACHE_SYNC_SECONDS: float = 1.0
+# Bytes re-hashed per read by `cache verify` (64 MiB keeps memory flat for any cache size).
+CACHE_VERIFY_BYTES: int = 64 * 1024 * 1024
+
+# --- Evaluation (eval/metrics.py ... eval/report.py, cxrmtl evaluate) ---------------------------------------------
+# Bootstrap resamples by default: 1,000 percentile-interval draws (Efron & Tibshirani 1993, ch. 13, suggest >= 1,000
+# for percentile CIs); confidence level of all intervals.
+EVAL_BOOTSTRAP: int = 1000
+EVAL_CI_LEVEL: float = 0.95
+# Operating point with a fixed sensitivity, chosen on the validation split (a common screening target).
+EVAL_TARGET_SENSITIVITY: float = 0.90
+# Reliability diagrams and ECE: 15 equal-width bins as in Guo et al., "On Calibration of Modern Neural Networks",
+# ICML 2017.
+EVAL_ECE_BINS: int = 15
+# Age bands for subgroup AUROC, [low, high) in years, with their labels.
+EVAL_AGE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<40", 0.0, 40.0),
+    ("40-59", 40.0, 60.0),
+    ("60-79", 60.0, 80.0),
+    (">=80", 80.0, 1000.0),
+)
+# Google expert labels (Majkowska et al., Radiology 2020; FACTS.md) -> ChestX-ray14 findings whose probabilities are
+# combined by max. "Airspace opacity" in that paper covers consolidation, pneumonia-like infiltrates, edema and
+# collapse (atelectasis); Fracture has no ChestX-ray14 counterpart and is not evaluated.
+EVAL_EXPERT_MAP: dict[str, tuple[str, ...]] = {
+    "Pneumothorax": ("Pneumothorax",),
+    "Nodule or mass": ("Nodule", "Mass"),
+    "Airspace opacity": ("Consolidation", "Pneumonia", "Infiltration", "Atelectasis", "Edema"),
+}
+
+# --- Phantom (data/phantom.py; owner: phantom module) -------------------------------------------------------------
+# Defaults of `cxrmtl phantom`. Difficulty 0 = obvious lesions, 1 = invisible; the default was tuned so a small
+# ResNet-18 at 128 px reaches a mean AUROC of about 0.85-0.9 (bench/results/learnability.md), far from perfect.
+PHANTOM_DEFAULT_PATIENTS: int = 1_000
+PHANTOM_DEFAULT_DIFFICULTY: float = 0.5
+PHANTOM_DEFAULT_LABEL_NOISE: float = 0.05  # share of positive labels flipped, text-mining style (FACTS.md)
+PHANTOM_PREVALENCE_MODES: tuple[str, ...] = ("real", "boosted")
+PHANTOM_BOOSTED_MIN_PREVALENCE: float = 0.05  # "boosted" lifts every finding to at least this share of images
+PHANTOM_BOX_SHARE: float = 0.2  # share of images with a boxed finding that get rows in BBox_List_2017.csv
+PHANTOM_IMAGES_PER_FOLDER: int = 10_000  # Kaggle mirror: images_001..images_012 of up to 10,000 PNGs each
+
+# --- Tasks (tasks/regression.py) ----------------------------------------------------------------------------------
+# Age is regressed as years / AGE_SCALE so its target is O(1), like the classification logits. The age head starts
+# at AGE_PRIOR_YEARS, the mean "Patient Age" of the 112,120 rows of Data_Entry_2017_v2020.csv (measured; median 49,
+# sd 16.6), so early training is not spent walking the output from 0 to ~0.47.
+AGE_SCALE: float = 100.0
+AGE_PRIOR_YEARS: float = 46.6
