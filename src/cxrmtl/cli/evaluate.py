@@ -1,0 +1,61 @@
+"""``cxrmtl evaluate RUN --data ROOT``: metrics with CIs, operating points, calibration, subgroups and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cxrmtl import labels as L
+
+ORDER = 50
+
+
+def evaluate_command(
+    run: Path = typer.Argument(..., help="Run folder made by `cxrmtl train`."),
+    data: Path = typer.Option(..., "--data", help="NIH-layout folder the run was trained on (real or phantom)."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate: test or val."),
+    bootstrap: int = typer.Option(
+        L.EVAL_BOOTSTRAP, "--bootstrap", min=1, help="Patient-level bootstrap resamples for the CIs."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap draws."),
+    cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache (default: the one `train` uses)."),
+    which: str = typer.Option("best", "--checkpoint", help="Checkpoint to evaluate: best or last."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
+    target_sensitivity: float = typer.Option(
+        L.EVAL_TARGET_SENSITIVITY, "--target-sensitivity", help="Sensitivity of the 2nd operating point (set on val)."
+    ),
+    expert: Path | None = typer.Option(
+        None, "--expert-labels", help="google2019_nih-chest-xray-labels.csv.gz (default: looked up next to --data)."
+    ),
+    data_kind: str = typer.Option(
+        "auto", "--data-kind", help="auto, nih, phantom or subset: labels the report (phantom/subset never compared)."
+    ),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw ROC/PR/reliability/training figures."),
+    sections: list[Path] = typer.Option(
+        [], "--section", help="Extra report section JSON (Section.to_json, e.g. from `cxrmtl ablate`); repeatable."
+    ),
+) -> None:
+    """Evaluate RUN on a split; write RUN/eval/<split>/{metrics.json,report.md,report.html} and RUN/thresholds.json."""
+    from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
+    from cxrmtl.eval.report import load_section
+
+    extra = [load_section(path) for path in sections]
+    options = EvalOptions(n_bootstrap=bootstrap, seed=seed, target_sensitivity=target_sensitivity)
+    result = evaluate_run(run, data_root=data, split=split, cache_dir=cache, options=options, which=which,
+                          device=device, batch_size=batch_size, expert_labels=expert, data_kind=data_kind,
+                          sections=extra, figures=figures)
+    mean = result.evaluation.metrics["findings"].get("auroc_mean") or {}
+    if mean.get("value") is not None:
+        low, high = mean.get("low"), mean.get("high")
+        ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        typer.echo(f"mean AUROC ({split}): {mean['value']:.3f}{ci}")
+    typer.echo(f"metrics: {result.metrics_path}")
+    typer.echo(f"report:  {result.report_html}")
+    if result.thresholds_path is not None:
+        typer.echo(f"thresholds: {result.thresholds_path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_command)
