@@ -1,0 +1,75 @@
+"""``cxrmtl ablate CONFIG --out DIR``: multitask vs findings-only vs single-task (and loss weightings), same budget.
+
+Without ``--data`` the built-in phantom is written to DIR/phantom first (reused when it is already complete).
+Running the command again skips every (variant, seed) that finished and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cxrmtl import labels
+
+ORDER = 60
+
+
+def _split_list(values: list[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def ablate_command(
+    config: Path = typer.Argument(..., help="YAML config of the multitask model (its tasks.specs: findings + aux)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: runs/, cache/, ablation.json, ablation.md."),
+    data: Path | None = typer.Option(None, "--data", help="NIH-layout folder. Default: a phantom in OUT/phantom."),
+    seeds: int = typer.Option(labels.ABLATION_DEFAULT_SEEDS, "--seeds", min=1, help="Seeds per variant."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer steps per model (budget)."),
+    weightings: list[str] = typer.Option(
+        [], "--weightings", help=f"Also compare loss weightings: {', '.join(labels.ABLATION_WEIGHTINGS)} or all "
+        "(comma list or repeated)."),
+    findings: str | None = typer.Option(None, "--findings", help="Restrict to these findings (comma list)."),
+    split: str = typer.Option("test", "--split", help="Split the models are compared on."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Patient-level bootstrap resamples."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cuda or cpu."),
+    phantom_patients: int = typer.Option(
+        labels.PHANTOM_DEFAULT_PATIENTS, "--phantom-patients", min=1, help="Phantom size when --data is not given."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config field: dotted.key=value (repeatable)."),
+) -> None:
+    """Train the multitask model, findings-only and single-task models (and weightings) and compare them."""
+    from cxrmtl.config import load_config
+    from cxrmtl.errors import ConfigError
+    from cxrmtl.eval.ablation import AblationOptions, run_ablation
+
+    if device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"--device: {device!r} is not one of auto, cuda, cpu")
+    cfg = load_config(config, overrides)
+    methods = _split_list(weightings)
+    methods = list(labels.ABLATION_WEIGHTINGS) if "all" in methods else methods
+    chosen = tuple(_split_list([findings])) if findings else None
+    root = data if data is not None else _phantom(out / "phantom", patients=phantom_patients, seed=cfg.seed,
+                                                  size=cfg.data.image_size)
+    options = AblationOptions(data_root=root, out=out, seeds=seeds, max_steps=max_steps, weightings=tuple(methods),
+                              findings=chosen, split=split, n_resamples=bootstrap, device=device,
+                              phantom=data is None)
+    run_ablation(cfg, options, log=typer.echo)
+    typer.echo((out / "ablation.md").read_text(encoding="utf-8"))
+    typer.echo(f"written: {out / 'ablation.json'}, {out / 'ablation.md'}, {out / 'ablation_section.json'}")
+
+
+def _phantom(root: Path, *, patients: int, seed: int, size: int) -> Path:
+    """Write the phantom once; a complete one (its Data_Entry file exists, written last) is reused."""
+    from cxrmtl.data.phantom import DATA_ENTRY_FILE, write_phantom
+    from cxrmtl.errors import DataLayoutError
+
+    if (root / DATA_ENTRY_FILE).is_file():
+        return root
+    if root.is_dir() and any(root.iterdir()):
+        raise DataLayoutError(f"{root}: an unfinished phantom (no {DATA_ENTRY_FILE}); delete the folder and rerun")
+    typer.echo(f"writing a phantom of {patients} patients to {root}")
+    write_phantom(root, patients=patients, size=max(size, 32), seed=seed)
+    return root
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ablate")(ablate_command)

@@ -1,0 +1,518 @@
+"""The multitask ablation: does sharing the network with auxiliary tasks help the 14 findings, and at what cost?
+
+Variants, all trained with the same budget (the config's epochs / ``max_steps``) and the same seeds:
+
+- ``multitask``: the config as given (findings plus its auxiliary heads: abnormal, age, sex, view, ...);
+- ``findings_only``: the same network without the auxiliary heads;
+- ``single:<finding>``: one network per finding (the ``single_task`` arm collects them);
+- ``weighting:<method>``: the multitask config with another loss weighting (equal, uncertainty, DWA, GradNorm,
+  PCGrad); the config's own method is the ``multitask`` run itself and is not trained twice.
+
+Each (variant, seed) trains through the engine's ``cxrmtl.train.loop.train`` into ``OUT/runs/<variant>/seed<k>``
+and predicts the evaluation split; a finished run leaves ``ablation_run.json`` and ``ablation_predictions.npz``
+and is skipped when the harness runs again (an interrupted one is resumed from its checkpoint). The comparison is
+per-finding AUROC (mean and SD over seeds) with paired patient-level bootstrap intervals of the differences
+(``eval.paired``), plus parameters, training time and inference time. The findings task is listed first in every
+variant so that the engine's automatic model selection ("first task's primary metric") is the findings AUROC for
+all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrmtl import labels
+from cxrmtl.config import Config, to_dict
+from cxrmtl.errors import ConfigError, EvaluationError, RunError
+from cxrmtl.eval.metrics import auroc
+from cxrmtl.eval.paired import PairedResult, macro_difference, paired_auroc_difference
+from cxrmtl.version import code_version
+
+RUN_MARKER = "ablation_run.json"
+PREDICTIONS_FILE = "ablation_predictions.npz"
+RESULT_JSON = "ablation.json"
+RESULT_MD = "ablation.md"
+SCHEMA = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# variants: a registry of config transforms
+
+
+def findings_spec(findings: Sequence[str] | None) -> str:
+    """The task spec of the findings head: ``findings`` for all 14, ``findings:A,B`` for a subset."""
+    if findings is None or tuple(findings) == labels.FINDINGS:
+        return "findings"
+    unknown = [f for f in findings if f not in labels.FINDING_INDEX]
+    if unknown or not findings:
+        raise ConfigError(f"findings: unknown finding(s) {unknown}; known: {', '.join(labels.FINDINGS)}")
+    return "findings:" + ",".join(findings)
+
+
+def _is_findings(spec: str) -> bool:
+    return spec == "findings" or spec.startswith("findings:")
+
+
+def _with_specs(base: Config, specs: Sequence[str]) -> Config:
+    return dataclasses.replace(base, tasks=dataclasses.replace(base.tasks, specs=tuple(specs)))
+
+
+def _multitask(base: Config, *, spec: str, arg: str | None) -> Config:
+    aux = [s for s in base.tasks.specs if not _is_findings(s)]
+    return _with_specs(base, [spec, *aux])
+
+
+def _findings_only(base: Config, *, spec: str, arg: str | None) -> Config:
+    return _with_specs(base, [spec])
+
+
+def _single(base: Config, *, spec: str, arg: str | None) -> Config:
+    return _with_specs(base, [findings_spec([str(arg)])])
+
+
+def _weighting(base: Config, *, spec: str, arg: str | None) -> Config:
+    cfg = _multitask(base, spec=spec, arg=None)
+    return dataclasses.replace(cfg, weighting=dataclasses.replace(cfg.weighting, method=str(arg)))
+
+
+# kind -> (config transform, arm the variant belongs to)
+VARIANT_KINDS: dict[str, tuple[Callable[..., Config], Callable[[str | None], str]]] = {
+    "multitask": (_multitask, lambda arg: "multitask"),
+    "findings_only": (_findings_only, lambda arg: "findings_only"),
+    "single": (_single, lambda arg: "single_task"),
+    "weighting": (_weighting, lambda arg: f"weighting:{arg}"),
+}
+ARM_TITLES: dict[str, str] = {
+    "multitask": "multitask",
+    "findings_only": "findings only",
+    "single_task": "single-task",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trainable configuration of the ablation (seed not yet applied)."""
+
+    name: str  # "multitask", "findings_only", "single:Effusion", "weighting:pcgrad"
+    arm: str  # comparison arm: "multitask", "findings_only", "single_task", "weighting:pcgrad"
+    config: Config
+
+    @property
+    def dirname(self) -> str:
+        return self.name.replace(":", "-")
+
+
+def make_variant(base: Config, name: str, *, findings: Sequence[str] | None) -> Variant:
+    """Build variant ``name`` (``kind`` or ``kind:arg``) from the base config."""
+    kind, _, arg = name.partition(":")
+    if kind not in VARIANT_KINDS:
+        raise ConfigError(f"variant: {name!r} is not one of {', '.join(sorted(VARIANT_KINDS))} (kind[:arg])")
+    transform, arm = VARIANT_KINDS[kind]
+    cfg = transform(base, spec=findings_spec(findings), arg=arg or None)
+    return Variant(name=name, arm=arm(arg or None), config=cfg)
+
+
+def plan_variants(
+    base: Config, *, findings: Sequence[str] | None = None, weightings: Sequence[str] = ()
+) -> list[Variant]:
+    """Every variant of the ablation, in training order; checks the config can be ablated at all."""
+    if not any(_is_findings(s) for s in base.tasks.specs):
+        raise ConfigError("tasks.specs: the ablation compares findings AUROC, but the config has no findings task")
+    if all(_is_findings(s) for s in base.tasks.specs):
+        raise ConfigError("tasks.specs: the config has no auxiliary task, so multitask and findings-only are the "
+                          "same model; add abnormal/age/sex/view to tasks.specs")
+    unknown = sorted(set(weightings) - set(labels.ABLATION_WEIGHTINGS))
+    if unknown:
+        raise ConfigError(f"weightings: unknown {unknown}; choose from {', '.join(labels.ABLATION_WEIGHTINGS)}")
+    chosen = tuple(findings) if findings is not None else labels.FINDINGS
+    names = ["multitask", "findings_only", *(f"single:{f}" for f in chosen)]
+    names += [f"weighting:{m}" for m in dict.fromkeys(weightings) if m != base.weighting.method]
+    return [make_variant(base, name, findings=findings) for name in names]
+
+
+def seeded(variant: Variant, *, seed: int, max_steps: int | None) -> Config:
+    """The variant's config for one seed (and the step budget, when given), named after the variant."""
+    train = dataclasses.replace(variant.config.train, select_metric="auto", select_mode="auto", progress=False)
+    if max_steps is not None:
+        train = dataclasses.replace(train, max_steps=max_steps)
+    # select_metric "auto" = the first task's primary metric = the findings AUROC (findings come first): a fixed
+    # name such as val/findings/auroc_mean would not exist in single-task or finding-subset variants.
+    return dataclasses.replace(variant.config, seed=seed, name=f"ablation-{variant.dirname}-seed{seed}", train=train)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# running: train, predict, record; skip what is finished
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one finished (variant, seed) run contributes: where it is and what it cost."""
+
+    variant: str
+    arm: str
+    seed: int
+    run: str
+    parameters: int
+    train_seconds: float
+    infer_seconds: float
+    infer_images: int
+    steps: int
+    resumed: bool
+    config_sha256: str = ""  # of the resolved config: a rerun with other settings must not reuse this run
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def read_record(path: Path) -> RunRecord:
+    """Load ``ablation_run.json``; a damaged file raises RunError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return RunRecord(**data)
+    except (OSError, ValueError, TypeError) as exc:
+        raise RunError(f"{path}: unreadable ablation run record ({exc}); delete it to redo the run") from exc
+
+
+@dataclass(frozen=True)
+class Harness:
+    """Where the data and the outputs are and what every run shares."""
+
+    data_root: Path
+    out: Path
+    split: str = "test"
+    device: str = "auto"
+    batch_size: int = 64
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # index and cache, opened once
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out / "cache"
+
+    def run_dir(self, variant: Variant, seed: int) -> Path:
+        return self.out / "runs" / variant.dirname / f"seed{seed}"
+
+
+def config_digest(cfg: Config) -> str:
+    """SHA-256 of the resolved config's YAML: identifies what a finished run was trained with."""
+    import hashlib
+
+    from cxrmtl.config import dump_config
+
+    return hashlib.sha256(dump_config(cfg).encode("utf-8")).hexdigest()
+
+
+def run_variant(harness: Harness, variant: Variant, *, seed: int, max_steps: int | None) -> RunRecord:
+    """Train and predict one (variant, seed) unless its record exists; return the record."""
+    from cxrmtl.train.loop import train
+    from cxrmtl.train.run import RunDir, atomic_write_text
+
+    run_dir = harness.run_dir(variant, seed)
+    marker = run_dir / RUN_MARKER
+    cfg = seeded(variant, seed=seed, max_steps=max_steps)
+    digest = config_digest(cfg)
+    if marker.is_file() and (run_dir / PREDICTIONS_FILE).is_file():
+        record = read_record(marker)
+        if record.config_sha256 != digest:
+            raise RunError(f"{marker}: this run was trained with other settings (config, seeds or --max-steps); "
+                           "use a new --out folder or delete the run folder")
+        return record
+    resumed = RunDir(run_dir).has_run()
+    start = time.perf_counter()
+    summary = train(cfg, data_root=harness.data_root, out=run_dir, cache_dir=harness.cache_dir, resume=resumed,
+                    device=harness.device)
+    train_seconds = time.perf_counter() - start
+    parameters, infer_seconds, images = _predict(harness, run_dir)
+    record = RunRecord(variant=variant.name, arm=variant.arm, seed=seed, run=str(run_dir.relative_to(harness.out)),
+                       parameters=parameters, train_seconds=train_seconds, infer_seconds=infer_seconds,
+                       infer_images=images, steps=summary.steps, resumed=resumed, config_sha256=digest)
+    atomic_write_text(marker, record.to_json())
+    return record
+
+
+def _predict(harness: Harness, run_dir: Path) -> tuple[int, float, int]:
+    """Predict the evaluation split with the selected checkpoint; save predictions; (parameters, seconds, images)."""
+    from cxrmtl.infer.predictor import load_run, predict_split
+
+    loaded = load_run(run_dir, which="best", device=_device(harness.device))
+    index, cache = _data(harness, loaded.config)
+    start = time.perf_counter()
+    preds = predict_split(loaded, cache, index, harness.split, batch_size=harness.batch_size)
+    seconds = time.perf_counter() - start
+    preds.save(run_dir / PREDICTIONS_FILE)
+    return sum(p.numel() for p in loaded.model.parameters()), seconds, len(preds)
+
+
+def prepare_cache(harness: Harness, cfg: Config) -> None:
+    """Build (or finish) the shared cache once up front, so no variant's training time includes decoding images."""
+    from cxrmtl.data.cache import build_cache
+    from cxrmtl.data.nih import load_index
+
+    index = load_index(harness.data_root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+    build_cache(index, harness.cache_dir, size=cfg.data.image_size, workers=cfg.data.cache_workers or None,
+                progress=False)
+
+
+def _device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def _data(harness: Harness, cfg: Config) -> tuple[Any, Any]:
+    """(NIHIndex, CacheView) for the run's split settings, built once per harness and setting."""
+    from cxrmtl.data.cache import open_cache
+    from cxrmtl.data.nih import load_index
+
+    key = (cfg.data.val_fraction, cfg.data.split_seed)
+    if key not in harness.memo:
+        index = load_index(harness.data_root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+        harness.memo[key] = (index, open_cache(harness.cache_dir))
+    return harness.memo[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# comparison
+
+
+@dataclass(frozen=True)
+class ArmScores:
+    """Scores of one arm on the common images: one (N, F) array per seed, seeds in the same order for every arm."""
+
+    arm: str
+    seeds: tuple[int, ...]
+    scores: tuple[np.ndarray, ...]
+    records: tuple[RunRecord, ...]
+
+
+def _findings_columns(preds: Any, findings: Sequence[str], *, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, targets, masks) (N, F) of the findings head of one prediction set, in ``findings`` order."""
+    tasks = [t for t in preds.output_names if _is_findings(t)]
+    if len(tasks) != 1:
+        raise EvaluationError(f"{where}: expected one findings task in the predictions, found {tasks}")
+    task = tasks[0]
+    names = list(preds.output_names[task])
+    missing = [f for f in findings if f not in names]
+    if missing:
+        raise EvaluationError(f"{where}: the findings head lacks {missing} (it has {names})")
+    cols = [names.index(f) for f in findings]
+    return preds.outputs[task][:, cols], preds.targets[task][:, cols], preds.masks[task][:, cols]
+
+
+def _load_predictions(out: Path, record: RunRecord) -> Any:
+    from cxrmtl.infer.predictor import Predictions
+
+    return Predictions.load(out / record.run / PREDICTIONS_FILE)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Aligned evaluation data: common rows, labels, masks, patient ids, and every arm's scores."""
+
+    findings: tuple[str, ...]
+    rows: np.ndarray
+    patient_ids: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    arms: dict[str, ArmScores]
+
+
+def build_table(out: Path, records: Sequence[RunRecord], *, findings: Sequence[str]) -> Table:
+    """Load every run's predictions and align them on the images all of them scored."""
+    loaded = {(r.variant, r.seed): (r, _load_predictions(out, r)) for r in records}
+    common = None
+    for _, preds in loaded.values():
+        common = preds.rows if common is None else np.intersect1d(common, preds.rows)
+    if common is None or common.size == 0:
+        raise EvaluationError("ablation: the runs share no evaluated image")
+    first = next(iter(loaded.values()))[1]
+    pos = np.searchsorted(first.rows, common)
+    full_findings = [r for r in records if r.arm == "multitask"]
+    if not full_findings:
+        raise EvaluationError("ablation: no multitask run to take the labels from")
+    ref = loaded[(full_findings[0].variant, full_findings[0].seed)][1]
+    _, targets, masks = _findings_columns(ref, findings, where=full_findings[0].run)
+    ref_pos = np.searchsorted(ref.rows, common)
+    arms = _arm_scores(loaded, common, findings)
+    return Table(findings=tuple(findings), rows=common, patient_ids=first.patient_ids[pos],
+                 labels=targets[ref_pos].astype(np.int8), masks=masks[ref_pos].astype(bool), arms=arms)
+
+
+def _arm_scores(loaded: dict, common: np.ndarray, findings: Sequence[str]) -> dict[str, ArmScores]:
+    by_arm: dict[str, dict[int, list[tuple[RunRecord, Any]]]] = {}
+    for record, preds in loaded.values():
+        by_arm.setdefault(record.arm, {}).setdefault(record.seed, []).append((record, preds))
+    arms = {}
+    for arm, per_seed in by_arm.items():
+        seeds = tuple(sorted(per_seed))
+        arrays, records = [], []
+        for seed in seeds:
+            matrix = np.full((common.size, len(findings)), np.nan)
+            for record, preds in per_seed[seed]:
+                have = [f for f in findings if f in _head_names(preds)]
+                scores, _, _ = _findings_columns(preds, have, where=record.run)
+                pos = np.searchsorted(preds.rows, common)
+                matrix[:, [findings.index(f) for f in have]] = scores[pos]
+                records.append(record)
+            if np.isnan(matrix).any():
+                raise EvaluationError(f"ablation: arm {arm} seed {seed} lacks scores for some findings")
+            arrays.append(matrix)
+        arms[arm] = ArmScores(arm=arm, seeds=seeds, scores=tuple(arrays), records=tuple(records))
+    return arms
+
+
+def _head_names(preds: Any) -> list[str]:
+    return [n for t in preds.output_names if _is_findings(t) for n in preds.output_names[t]]
+
+
+def per_seed_auroc(table: Table, arm: str) -> np.ndarray:
+    """(seeds, F) AUROC of every seed of ``arm`` (NaN where a finding has one class only)."""
+    out = np.full((len(table.arms[arm].scores), len(table.findings)), np.nan)
+    for s, scores in enumerate(table.arms[arm].scores):
+        for k in range(len(table.findings)):
+            keep = table.masks[:, k]
+            value = auroc(scores[keep, k], table.labels[keep, k])
+            out[s, k] = np.nan if value is None else value
+    return out
+
+
+def compare(table: Table, arm_a: str, arm_b: str, *, n_resamples: int, seed: int = 0) -> PairedResult:
+    """Paired bootstrap of AUROC(arm_a) - AUROC(arm_b), seeds paired one to one (common seeds only)."""
+    a, b = table.arms[arm_a], table.arms[arm_b]
+    seeds = [s for s in a.seeds if s in b.seeds]
+    if not seeds:
+        raise EvaluationError(f"ablation: arms {arm_a} and {arm_b} share no seed")
+    pick_a = [a.scores[a.seeds.index(s)] for s in seeds]
+    pick_b = [b.scores[b.seeds.index(s)] for s in seeds]
+    return paired_auroc_difference(pick_a, pick_b, table.labels, table.patient_ids, mask=table.masks,
+                                   names=table.findings, n_resamples=n_resamples, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summary and the whole harness
+
+
+def _spread(values: np.ndarray) -> dict[str, Any]:
+    """Mean, sample SD (None with one seed) and the per-seed values of one quantity; NaN -> None."""
+    finite = values[np.isfinite(values)]
+    return {
+        "mean": float(finite.mean()) if finite.size else None,
+        "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,
+        "per_seed": [None if not np.isfinite(v) else float(v) for v in values],
+    }
+
+
+def _arm_summary(table: Table, arm: str) -> dict[str, Any]:
+    scores = table.arms[arm]
+    per_seed = per_seed_auroc(table, arm)
+    by_seed: dict[int, list[RunRecord]] = {}
+    for record in scores.records:
+        by_seed.setdefault(record.seed, []).append(record)
+    groups = list(by_seed.values())
+    costs = {
+        "parameters": [sum(r.parameters for r in rs) for rs in groups],
+        "train_seconds": [sum(r.train_seconds for r in rs) for rs in groups],
+        "infer_ms_per_image": [sum(1000 * r.infer_seconds / max(r.infer_images, 1) for r in rs) for rs in groups],
+    }
+    with np.errstate(all="ignore"):
+        macro = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in per_seed])
+    return {
+        "title": ARM_TITLES.get(arm, arm.replace("weighting:", "weighting ")),
+        "seeds": list(scores.seeds),
+        "models_per_seed": len(scores.records) // max(len(scores.seeds), 1),
+        "auroc": {f: _spread(per_seed[:, k]) for k, f in enumerate(table.findings)},
+        "macro_auroc": _spread(macro),
+        **{key: _spread(np.asarray(values, dtype=np.float64)) for key, values in costs.items()},
+    }
+
+
+def comparisons_for(arms: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(group, a, b) pairs to compare: multitask against each architecture arm; each weighting against multitask."""
+    pairs = [("architecture", "multitask", b) for b in ("findings_only", "single_task") if b in arms]
+    pairs += [("weighting", a, "multitask") for a in arms if a.startswith("weighting:")]
+    return pairs
+
+
+def summarise(table: Table, *, n_resamples: int, seed: int = 0) -> dict[str, Any]:
+    """Arms (AUROC mean/SD per finding, costs) and paired comparisons, JSON-ready."""
+    order = sorted(table.arms, key=lambda a: (list(ARM_TITLES).index(a) if a in ARM_TITLES else len(ARM_TITLES), a))
+    comparisons = []
+    for group, a, b in comparisons_for(order):
+        result = compare(table, a, b, n_resamples=n_resamples, seed=seed)
+        comparisons.append({"group": group, "a": a, "b": b, "level": result.level, "n_resamples": n_resamples,
+                            "findings": result.rows(), "macro": macro_difference(result)})
+    return {
+        "findings": list(table.findings),
+        "images": int(table.rows.size),
+        "patients": int(np.unique(table.patient_ids).size),
+        "positives": {f: int(table.labels[table.masks[:, k], k].sum()) for k, f in enumerate(table.findings)},
+        "arms": {arm: _arm_summary(table, arm) for arm in order},
+        "comparisons": comparisons,
+    }
+
+
+@dataclass(frozen=True)
+class AblationOptions:
+    """Everything ``cxrmtl ablate`` decides besides the config."""
+
+    data_root: Path
+    out: Path
+    seeds: int = labels.ABLATION_DEFAULT_SEEDS
+    max_steps: int | None = None
+    weightings: tuple[str, ...] = ()
+    findings: tuple[str, ...] | None = None
+    split: str = "test"
+    n_resamples: int = 1000
+    device: str = "auto"
+    batch_size: int = 64
+    phantom: bool = False  # the data is the built-in phantom (said in the report)
+
+
+def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every (variant, seed) not yet finished, compare, write OUT/ablation.json and OUT/ablation.md."""
+    from cxrmtl.eval.ablation_report import ablation_markdown, ablation_section
+    from cxrmtl.train.run import atomic_write_text
+
+    if options.seeds < 1:
+        raise ConfigError(f"seeds: need at least 1, got {options.seeds}")
+    if options.split not in labels.SPLITS:
+        raise ConfigError(f"split: {options.split!r} is not one of {', '.join(labels.SPLITS)}")
+    variants = plan_variants(base, findings=options.findings, weightings=options.weightings)
+    harness = Harness(data_root=options.data_root, out=options.out, split=options.split, device=options.device,
+                      batch_size=options.batch_size)
+    options.out.mkdir(parents=True, exist_ok=True)
+    seeds = [base.seed + k for k in range(options.seeds)]
+    prepare_cache(harness, base)
+    records = []
+    for variant in variants:
+        for seed in seeds:
+            log(f"ablation: {variant.name} seed {seed}")
+            records.append(run_variant(harness, variant, seed=seed, max_steps=options.max_steps))
+    findings = tuple(options.findings) if options.findings is not None else labels.FINDINGS
+    table = build_table(options.out, records, findings=findings)
+    result = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "data_root": str(options.data_root),
+        "phantom": options.phantom,
+        "split": options.split,
+        "seeds": seeds,
+        "max_steps": options.max_steps,
+        "baseline_weighting": base.weighting.method,
+        "config": to_dict(base),
+        **summarise(table, n_resamples=options.n_resamples),
+        "runs": [dataclasses.asdict(r) for r in records],
+    }
+    atomic_write_text(options.out / RESULT_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(options.out / RESULT_MD, ablation_markdown(result))
+    atomic_write_text(options.out / "ablation_section.json", json.dumps(ablation_section(result).to_json()) + "\n")
+    return result

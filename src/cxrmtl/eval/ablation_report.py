@@ -1,0 +1,151 @@
+"""Tables of the ablation result (``eval.ablation.summarise``): OUT/ablation.md and a Section for the HTML report.
+
+Everything is read from the JSON-ready result dict, so the report can be rebuilt from OUT/ablation.json alone.
+Whatever the numbers say is what is printed: a verdict line per comparison says "better", "worse" or "no clear
+difference" from the interval alone, also when multitask loses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cxrmtl.eval.report import Section, html_table, markdown_table
+
+ARCHITECTURE_ARMS: tuple[str, ...] = ("multitask", "findings_only", "single_task")
+
+
+def _mean_sd(spread: Mapping[str, Any], *, digits: int = 3) -> str:
+    mean, sd = spread.get("mean"), spread.get("sd")
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _delta(row: Mapping[str, Any]) -> str:
+    if row.get("diff") is None:
+        return "n/a"
+    return f"{row['diff']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]"
+
+
+def verdict(row: Mapping[str, Any]) -> str:
+    """Plain words for a difference A - B with its interval."""
+    if row.get("diff") is None:
+        return "undefined (a class is missing)"
+    if row["low"] > 0:
+        return "better"
+    if row["high"] < 0:
+        return "worse"
+    return "no clear difference"
+
+
+def _comparison(result: Mapping[str, Any], group: str, a: str, b: str) -> Mapping[str, Any] | None:
+    for comp in result["comparisons"]:
+        if (comp["group"], comp["a"], comp["b"]) == (group, a, b):
+            return comp
+    return None
+
+
+def _title(result: Mapping[str, Any], arm: str) -> str:
+    title = result["arms"][arm]["title"]
+    return f"{title} ({result['baseline_weighting']})" if arm == "multitask" else title
+
+
+def auroc_rows(result: Mapping[str, Any], arms: Sequence[str], deltas: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Per finding: positives, AUROC mean ± SD per arm, Δ [CI] per comparison; last row the macro mean."""
+    rows = []
+    for k, finding in enumerate(result["findings"]):
+        cells = [finding, str(result["positives"][finding])]
+        cells += [_mean_sd(result["arms"][arm]["auroc"][finding]) for arm in arms]
+        cells += [_delta(comp["findings"][k]) for comp in deltas]
+        rows.append(cells)
+    macro = ["macro mean", ""] + [_mean_sd(result["arms"][arm]["macro_auroc"]) for arm in arms]
+    rows.append(macro + [_delta(comp["macro"]) for comp in deltas])
+    return rows
+
+
+def cost_rows(result: Mapping[str, Any], arms: Sequence[str]) -> list[list[str]]:
+    """Per arm: models per seed, parameters, training seconds and inference ms per image (mean ± SD over seeds)."""
+    rows = []
+    for arm in arms:
+        info = result["arms"][arm]
+        params = info["parameters"]["mean"]
+        rows.append([
+            _title(result, arm),
+            str(info["models_per_seed"]),
+            f"{params / 1e6:.2f} M" if params is not None else "n/a",
+            _mean_sd(info["train_seconds"], digits=1),
+            _mean_sd(info["infer_ms_per_image"], digits=2),
+        ])
+    return rows
+
+
+def _context(result: Mapping[str, Any]) -> str:
+    data = "the built-in phantom (synthetic images)" if result["phantom"] else f"`{result['data_root']}`"
+    steps = f"{result['max_steps']} optimizer steps" if result["max_steps"] else "the config's epochs"
+    n_boot = result["comparisons"][0]["n_resamples"] if result["comparisons"] else 0
+    return (
+        f"Data: {data}; split `{result['split']}`: {result['images']} images of {result['patients']} patients. "
+        f"Seeds {result['seeds']}, every model trained for {steps}. AUROC: mean ± SD over seeds. "
+        f"Δ = AUROC(first) − AUROC(second), mean over seeds, with a 95% paired patient-level bootstrap interval "
+        f"({n_boot} resamples of patients, the same draws for both models and all seeds)."
+    )
+
+
+def _verdicts(result: Mapping[str, Any], comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for comp in comparisons:
+        macro = comp["macro"]
+        lines.append(f"{_title(result, comp['a'])} vs {_title(result, comp['b'])}: macro Δ {_delta(macro)} — "
+                     f"{verdict(macro)}.")
+    return lines
+
+
+def _blocks(result: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """(heading, headers, rows, text after) of every table."""
+    arch = [a for a in ARCHITECTURE_ARMS if a in result["arms"]]
+    arch_comps = [c for c in result["comparisons"] if c["group"] == "architecture"]
+    heads = ["finding", "positives", *(_title(result, a) for a in arch)]
+    heads += [f"Δ {_title(result, c['a'])} − {_title(result, c['b'])}" for c in arch_comps]
+    verdicts = " ".join(_verdicts(result, arch_comps))
+    blocks = [("Per-finding AUROC", heads, auroc_rows(result, arch, arch_comps), verdicts)]
+    weights = [a for a in result["arms"] if a.startswith("weighting:")]
+    if weights:
+        w_arms = ["multitask", *weights]
+        w_comps = [c for c in result["comparisons"] if c["group"] == "weighting"]
+        w_heads = ["finding", "positives", *(_title(result, a) for a in w_arms)]
+        w_heads += [f"Δ {_title(result, c['a'])} − baseline" for c in w_comps]
+        blocks.append(("Loss weighting methods", w_heads, auroc_rows(result, w_arms, w_comps),
+                       " ".join(_verdicts(result, w_comps))))
+    cost_heads = ["model", "models per seed", "parameters", "training s", "inference ms/image"]
+    all_arms = [*arch, *weights]
+    blocks.append(("Cost", cost_heads, cost_rows(result, all_arms),
+                   "Training time is wall time of the training call (shared machine: compare ratios); single-task "
+                   "sums its models; inference runs the evaluation split with batch size 64."))
+    return blocks
+
+
+def ablation_markdown(result: Mapping[str, Any]) -> str:
+    """OUT/ablation.md."""
+    parts = ["# Multitask ablation", "", _context(result), ""]
+    for heading, headers, rows, after in _blocks(result):
+        parts += [f"## {heading}", "", markdown_table(headers, rows).rstrip("\n"), ""]
+        if after:
+            parts += [after, ""]
+    return "\n".join(parts)
+
+
+def ablation_section(result: Mapping[str, Any]) -> Section:
+    """The ablation as one report Section (``cxrmtl evaluate RUN --section OUT/ablation_section.json``)."""
+    import html
+
+    md = [_context(result), ""]
+    body = [f"<p>{html.escape(_context(result))}</p>"]
+    for heading, headers, rows, after in _blocks(result):
+        md += [f"### {heading}", "", markdown_table(headers, rows).rstrip("\n"), ""]
+        body += [f"<h3>{html.escape(heading)}</h3>", html_table(headers, rows)]
+        if after:
+            md += [after, ""]
+            body.append(f'<p class="small">{html.escape(after)}</p>')
+    note = "phantom data" if result["phantom"] else f"split {result['split']}"
+    return Section(title="Multitask ablation", markdown="\n".join(md), html="".join(body), note=note)

@@ -1,0 +1,118 @@
+"""Grad-CAM heatmaps for one output of one task of a multitask network, through ``pytorch-grad-cam``.
+
+``MultiTaskNet.forward`` returns a dict keyed by task; Grad-CAM wants a model that returns one tensor. ``TaskOutput``
+wraps the network so that it returns ``model(x)[task]`` and ``ClassifierOutputTarget(j)`` then picks column j, i.e.
+``model(x)[task][:, j]`` for finding j. The layer the CAM is taken from is found by a small registry of resolvers
+(timm's ``feature_info`` first, the last 2-D convolution otherwise) unless the caller names one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrmtl.errors import EvaluationError
+
+
+class TaskOutput(nn.Module):
+    """Expose one task's output of a dict-returning network as a (B, K) tensor."""
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(x)
+        if not isinstance(outputs, dict) or self.task not in outputs:
+            names = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
+            raise EvaluationError(f"task: the model has no output {self.task!r} (outputs: {names})")
+        out = outputs[self.task]
+        return out.unsqueeze(1) if out.ndim == 1 else out
+
+
+def _timm_feature_layer(model: nn.Module) -> nn.Module | None:
+    """The last feature stage a timm backbone declares in ``feature_info`` (e.g. DenseNet's ``features.norm5``)."""
+    for module in model.modules():
+        info = getattr(module, "feature_info", None)
+        if not info:
+            continue
+        last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
+        name = last.get("module") if isinstance(last, dict) else None
+        if name:
+            try:
+                return module.get_submodule(name)
+            except AttributeError:
+                continue
+    return None
+
+
+def _last_conv(model: nn.Module) -> nn.Module | None:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1] if convs else None
+
+
+# Tried in order; the first that finds a layer wins.
+TARGET_LAYER_RESOLVERS: tuple[Callable[[nn.Module], nn.Module | None], ...] = (_timm_feature_layer, _last_conv)
+
+
+def resolve_target_layer(model: nn.Module, *, layer: str | None = None) -> nn.Module:
+    """The module whose activations Grad-CAM weighs: ``layer`` (a dotted name) or the resolvers' choice."""
+    if layer is not None:
+        try:
+            return model.get_submodule(layer)
+        except AttributeError as exc:
+            raise EvaluationError(f"target layer: the model has no submodule {layer!r}") from exc
+    for resolver in TARGET_LAYER_RESOLVERS:
+        found = resolver(model)
+        if found is not None:
+            return found
+    raise EvaluationError("target layer: the model has no 2-D convolution or timm feature stage to take a CAM from")
+
+
+def grad_cam(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    task: str,
+    columns: Sequence[int],
+    layer: str | None = None,
+) -> np.ndarray:
+    """Grad-CAM maps (B, H, W) in [0, 1] at the input size; row b explains ``model(x)[task][b, columns[b]]``.
+
+    ``images`` is the float input the network expects (``train.augment.normalize`` of the uint8 cache pixels, with
+    the run's ``data.pixel_mean``/``pixel_std``). Each map is min-max scaled by
+    pytorch-grad-cam; a map that is zero everywhere means the gradient had no positive evidence.
+    """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if images.ndim != 4:
+        raise EvaluationError(f"images: expected a (B, C, H, W) batch, got {tuple(images.shape)}")
+    if len(columns) != images.shape[0]:
+        raise EvaluationError(f"columns: {len(columns)} target columns for a batch of {images.shape[0]} images")
+    wrapped = TaskOutput(model, task)
+    target_layer = resolve_target_layer(model, layer=layer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.enable_grad(), GradCAM(model=wrapped, target_layers=[target_layer]) as cam:
+            _check_columns(wrapped, images.to(device), columns)
+            maps = cam(input_tensor=images.to(device), targets=[ClassifierOutputTarget(int(j)) for j in columns])
+    finally:
+        model.train(was_training)
+    if maps.shape[0] != images.shape[0]:
+        raise EvaluationError(f"grad-cam returned {maps.shape[0]} maps for {images.shape[0]} images")
+    return np.nan_to_num(maps.astype(np.float32), nan=0.0)
+
+
+def _check_columns(wrapped: TaskOutput, images: torch.Tensor, columns: Sequence[int]) -> None:
+    """Run one cheap forward on the first image to check the columns exist before Grad-CAM's backward pass."""
+    with torch.no_grad():
+        width = int(wrapped(images[:1]).shape[1])
+    bad = [j for j in columns if not 0 <= int(j) < width]
+    if bad:
+        raise EvaluationError(f"columns: {bad} out of range for task {wrapped.task!r} with {width} outputs")

@@ -1,0 +1,227 @@
+"""Localisation of a trained run: Grad-CAM on every boxed image of a split, Wang et al.'s scoring, a PNG gallery.
+
+For each (image, finding) with a ground-truth box (``NIHIndex.boxes``, mapped into the cache image) the findings
+head's output for that finding is explained with Grad-CAM (``eval.cam``); its heatmap becomes boxes and the cases are
+scored at every T(IoBB) and T(IoU) (``eval.localization``). The gallery keeps the first cases, in image-name order,
+of each kind at T(IoBB) = ``labels.LOC_GALLERY_IOBB``: true positives (a predicted box hits a true box), false
+positives (a predicted box hits nothing) and misses (no predicted box hits); one case can be both a hit and carry a
+false positive. Cases are processed in batches and drawn as they come, so memory does not grow with the split.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrmtl import labels
+from cxrmtl.errors import EvaluationError
+from cxrmtl.eval.localization import (
+    LocalizationCase,
+    accuracy_rows,
+    accuracy_table,
+    case_outcome,
+    evaluate_localization,
+    ground_truth_boxes,
+    heatmap_to_boxes,
+    image_sizes,
+    iobb,
+    iou_rows,
+    iou_table,
+)
+
+# Gallery kinds: name -> test on (localised, false positives) at the gallery threshold.
+GALLERY_KINDS: dict[str, Callable[[bool, int], bool]] = {
+    "true_positive": lambda hit, fp: hit,
+    "false_positive": lambda hit, fp: fp > 0,
+    "miss": lambda hit, fp: not hit,
+}
+
+
+@dataclass(frozen=True)
+class _Pending:
+    image: str
+    finding: str
+    cache_row: int
+    column: int
+    gt: np.ndarray
+
+
+@dataclass
+class LocalizationResult:
+    """Scored cases of one run and split, the two accuracy tables and the gallery files written."""
+
+    split: str
+    task: str
+    cases: list[LocalizationCase]
+    iobb: pd.DataFrame
+    iou: pd.DataFrame
+    skipped: int  # boxed images of the split left out: file missing or unreadable, or boxes outside the crop
+    gallery: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "task": self.task,
+            "cases": len(self.cases),
+            "skipped_unreadable": self.skipped,
+            "heatmap_thresholds": list(labels.LOC_HEATMAP_THRESHOLDS),
+            "iobb": self.iobb.to_dict(orient="records"),
+            "iou": self.iou.to_dict(orient="records"),
+            "wang2017_iobb_0.5": dict(labels.WANG_IOBB05_ACCURACY),
+            "gallery": self.gallery,
+        }
+
+
+def _findings_task(task_labels: Mapping[str, list[str]]) -> str:
+    tasks = [t for t in task_labels if t == "findings" or t.startswith("findings:")]
+    if not tasks:
+        raise EvaluationError(f"run: no findings task to localise (tasks: {sorted(task_labels)})")
+    return tasks[0]
+
+
+def pending_cases(index: Any, cache: Any, *, split: str, outputs: list[str]) -> tuple[list[_Pending], int]:
+    """Boxed (image, finding) pairs of ``split`` whose finding the head predicts; and the boxed images left out."""
+    names = set(index.table["image"].to_numpy()[index.rows(split)].tolist())
+    boxed = sorted(names & set(index.boxes["image"]))
+    gt = ground_truth_boxes(index.boxes, image_sizes(index.table, boxed), size=cache.size, images=boxed)
+    images = sorted({image for image, _ in gt})
+    rows = dict(zip(images, cache.rows_for(images).tolist(), strict=True))
+    pending = [
+        _Pending(image=image, finding=finding, cache_row=rows[image], column=outputs.index(finding), gt=boxes)
+        for (image, finding), boxes in sorted(gt.items())
+        if finding in outputs and rows[image] >= 0
+    ]
+    unreadable = sum(1 for image in images if rows[image] < 0) + len(set(boxed) - set(images))
+    return pending, unreadable
+
+
+def localize_run(
+    loaded: Any,
+    cache: Any,
+    index: Any,
+    *,
+    split: str = "test",
+    batch_size: int = 16,
+    layer: str | None = None,
+    gallery_dir: Path | None = None,
+    gallery_per_kind: int = 8,
+) -> LocalizationResult:
+    """Grad-CAM, boxes and Wang-style scores for every boxed image of ``split``; PNGs into ``gallery_dir``."""
+    import torch
+
+    from cxrmtl.eval.cam import grad_cam
+    from cxrmtl.train.augment import normalize
+
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size: must be at least 1, got {batch_size}")
+    task = _findings_task(loaded.labels)
+    pending, skipped = pending_cases(index, cache, split=split, outputs=list(loaded.labels[task]))
+    gallery = _Gallery(gallery_dir, per_kind=gallery_per_kind)
+    cases = []
+    cfg = loaded.config.data
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start : start + batch_size]
+        pixels = np.stack([np.asarray(cache.images[p.cache_row]) for p in chunk])
+        x = normalize(torch.from_numpy(pixels).unsqueeze(1), mean=cfg.pixel_mean, std=cfg.pixel_std)
+        maps = grad_cam(loaded.model, x, task=task, columns=[p.column for p in chunk], layer=layer)
+        for p, image, heat in zip(chunk, pixels, maps, strict=True):
+            case = LocalizationCase(image=p.image, finding=p.finding, pred=heatmap_to_boxes(heat), gt=p.gt)
+            cases.append(case)
+            gallery.offer(case, image, heat)
+    return LocalizationResult(split=split, task=task, cases=cases, iobb=evaluate_localization(cases, kind="iobb"),
+                              iou=evaluate_localization(cases, kind="iou"), skipped=skipped, gallery=gallery.files)
+
+
+class _Gallery:
+    """Draws the first ``per_kind`` cases of each kind into ``folder/<kind>/``."""
+
+    def __init__(self, folder: Path | None, *, per_kind: int) -> None:
+        self.folder = folder
+        self.per_kind = per_kind
+        self.files: dict[str, list[str]] = {kind: [] for kind in GALLERY_KINDS}
+
+    def offer(self, case: LocalizationCase, image: np.ndarray, heat: np.ndarray) -> None:
+        if self.folder is None:
+            return
+        hit, fp = case_outcome(case, kind="iobb", threshold=labels.LOC_GALLERY_IOBB)
+        wanted = [k for k, test in GALLERY_KINDS.items() if test(hit, fp) and len(self.files[k]) < self.per_kind]
+        if not wanted:
+            return
+        from cxrmtl.eval.gallery import render_overlay, write_png
+
+        matched = iobb(case.pred, case.gt).max(axis=1) > labels.LOC_GALLERY_IOBB if len(case.pred) else []
+        picture = render_overlay(image, heat, gt=case.gt, pred=case.pred, matched=list(matched),
+                                 title=f"{case.finding} {case.image}")
+        for kind in wanted:
+            name = f"{kind}/{Path(case.image).stem}_{case.finding}.png"
+            write_png(self.folder / name, picture)
+            self.files[kind].append(name)
+
+
+def localization_markdown(result: LocalizationResult) -> str:
+    """localization.md: the method in one paragraph, the T(IoBB) table next to Wang et al., the T(IoU) table."""
+    thresholds = ", ".join(str(t) for t in labels.LOC_HEATMAP_THRESHOLDS)
+    return "\n".join([
+        "# Localisation (Grad-CAM)",
+        "",
+        f"Split `{result.split}`, head `{result.task}`: {len(result.cases)} (image, finding) cases with a true box"
+        + (f"; {result.skipped} boxed images left out (missing, unreadable, or boxes outside the cached square)."
+           if result.skipped else "."),
+        f"Heatmap -> boxes: normalised to [0, 255], thresholded at {thresholds} (Wang et al. 2017), one box per "
+        "8-connected region. A box is correct when its overlap with a true box is strictly above T.",
+        "",
+        "## Accuracy at T(IoBB)",
+        "",
+        accuracy_table(result.iobb).rstrip("\n"),
+        "",
+        "Wang 2017 @0.5: the 14-class ResNet-50 of ChestX-ray8 (arXiv:1705.02315). AFP: false boxes per case.",
+        "",
+        "## Accuracy at T(IoU)",
+        "",
+        iou_table(result.iou).rstrip("\n"),
+        "",
+    ])
+
+
+def write_outputs(result: LocalizationResult, out: Path) -> dict[str, Path]:
+    """localization.json, localization.md and localization_section.json (for ``cxrmtl evaluate --section``)."""
+    from cxrmtl.train.run import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "localization.json", "markdown": out / "localization.md",
+             "section": out / "localization_section.json"}
+    atomic_write_text(paths["json"], json.dumps(result.to_json(), indent=2) + "\n")
+    atomic_write_text(paths["markdown"], localization_markdown(result))
+    section = localization_section(result, gallery_dir=out / "gallery")
+    atomic_write_text(paths["section"], json.dumps(section.to_json()) + "\n")
+    return paths
+
+
+def localization_section(result: LocalizationResult, *, gallery_dir: Path | None = None, per_kind: int = 2) -> Any:
+    """The localisation as a report Section, with the first ``per_kind`` gallery pictures of each kind."""
+    import html
+
+    from cxrmtl.eval.report import Figure, Section, html_table
+
+    markdown = localization_markdown(result).split("\n", 2)[2]  # drop the top-level heading
+    intro = markdown.split("\n\n## ")[0]
+    body = [f"<p>{html.escape(line)}</p>" for line in intro.splitlines() if line]
+    for heading, frame, rows_of in (("Accuracy at T(IoBB)", result.iobb, accuracy_rows),
+                                    ("Accuracy at T(IoU), cells: accuracy (AFP)", result.iou, iou_rows)):
+        body.append(f"<h3>{html.escape(heading)}</h3>")
+        body.append(html_table(*rows_of(frame)) if not frame.empty else "<p>no cases</p>")
+    figures = []
+    if gallery_dir is not None:
+        for kind, names in result.gallery.items():
+            for name in names[:per_kind]:
+                png = (gallery_dir / name).read_bytes()
+                figures.append(Figure(caption=f"{kind.replace('_', ' ')}: {Path(name).stem}", png=png,
+                                      name=f"loc_{kind}_{Path(name).stem}"))
+    return Section(title="Localisation (Grad-CAM)", markdown=markdown, html="".join(body), figures=tuple(figures),
+                   note=f"split {result.split}, {len(result.cases)} boxed cases")

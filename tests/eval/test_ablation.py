@@ -1,0 +1,196 @@
+"""The multitask ablation: variant planning, the comparison on known arrays, and one real tiny run on the phantom."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxrmtl import labels
+from cxrmtl.config import Config, from_dict
+from cxrmtl.errors import ConfigError, EvaluationError, RunError
+from cxrmtl.eval.ablation import (
+    ArmScores,
+    RunRecord,
+    Table,
+    compare,
+    plan_variants,
+    seeded,
+    summarise,
+)
+from cxrmtl.eval.ablation_report import ablation_markdown, ablation_section, verdict
+
+
+def _config(**tasks: object) -> Config:
+    return from_dict(Config, {
+        "seed": 5,
+        "tasks": {"specs": tasks.get("specs", ["abnormal", "findings", "age", "sex", "view"])},
+        "weighting": {"method": "equal"},
+        "train": {"select_metric": "val/findings/auroc_mean"},
+    })
+
+
+def test_plan_variants_names_arms_and_specs() -> None:
+    variants = plan_variants(_config(), findings=("Effusion", "Mass"), weightings=("equal", "pcgrad", "pcgrad"))
+    assert [v.name for v in variants] == [
+        "multitask", "findings_only", "single:Effusion", "single:Mass", "weighting:pcgrad"
+    ]  # "equal" is the config's own method: that is the multitask run itself
+    by_name = {v.name: v for v in variants}
+    assert by_name["multitask"].config.tasks.specs == ("findings:Effusion,Mass", "abnormal", "age", "sex", "view")
+    assert by_name["findings_only"].config.tasks.specs == ("findings:Effusion,Mass",)
+    assert by_name["single:Mass"].config.tasks.specs == ("findings:Mass",)
+    assert by_name["single:Mass"].arm == "single_task" and by_name["single:Mass"].dirname == "single-Mass"
+    assert by_name["weighting:pcgrad"].config.weighting.method == "pcgrad"
+    assert by_name["weighting:pcgrad"].config.tasks.specs[0] == "findings:Effusion,Mass"
+    all14 = plan_variants(_config(), findings=None)
+    assert all14[0].config.tasks.specs[0] == "findings" and len(all14) == 2 + labels.NUM_FINDINGS
+
+
+def test_seeded_config_selects_on_findings_auroc_with_the_budget() -> None:
+    variant = plan_variants(_config(), findings=("Mass",))[2]
+    cfg = seeded(variant, seed=7, max_steps=11)
+    assert (cfg.seed, cfg.train.max_steps, cfg.train.select_metric) == (7, 11, "auto")
+    assert cfg.name == "ablation-single-Mass-seed7"
+    assert seeded(variant, seed=7, max_steps=None).train.max_steps == variant.config.train.max_steps
+
+
+@pytest.mark.parametrize(
+    ("specs", "kwargs", "message"),
+    [
+        (["age", "sex"], {}, "no findings task"),
+        (["findings"], {}, "no auxiliary task"),
+        (["findings", "age"], {"weightings": ("sgd",)}, "weightings"),
+        (["findings", "age"], {"findings": ("Infiltrate",)}, "unknown finding"),
+    ],
+)
+def test_plan_variants_rejects_what_cannot_be_ablated(specs: list[str], kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        plan_variants(_config(specs=specs), **kwargs)
+
+
+def _record(arm: str, variant: str, seed: int, params: int) -> RunRecord:
+    return RunRecord(variant=variant, arm=arm, seed=seed, run=f"runs/{variant}/seed{seed}", parameters=params,
+                     train_seconds=10.0 + seed, infer_seconds=0.5, infer_images=100, steps=3, resumed=False)
+
+
+def _table() -> Table:
+    """Two findings, two seeds; 'strong' separates the classes, 'weak' is noise (known AUROCs via sklearn)."""
+    rng = np.random.default_rng(1)
+    n = 200
+    y = rng.integers(0, 2, size=(n, 2)).astype(np.int8)
+    pids = np.repeat(np.arange(n // 2), 2)
+    strong = [y + rng.normal(0, 0.5, size=y.shape) for _ in range(2)]
+    weak = [rng.normal(0, 1, size=y.shape) for _ in range(2)]
+    arms = {
+        "multitask": ArmScores("multitask", (0, 1), tuple(strong),
+                               tuple(_record("multitask", "multitask", s, 1000) for s in (0, 1))),
+        "findings_only": ArmScores("findings_only", (0, 1), tuple(weak),
+                                   tuple(_record("findings_only", "findings_only", s, 900) for s in (0, 1))),
+        "single_task": ArmScores("single_task", (0, 1), tuple(weak), tuple(
+            _record("single_task", f"single:{f}", s, 800) for s in (0, 1) for f in ("Effusion", "Mass"))),
+    }
+    return Table(findings=("Effusion", "Mass"), rows=np.arange(n), patient_ids=pids, labels=y,
+                 masks=np.ones(y.shape, bool), arms=arms)
+
+
+def test_summarise_numbers_match_sklearn_and_costs_add_up() -> None:
+    table = _table()
+    summary = summarise(table, n_resamples=100)
+    mt = summary["arms"]["multitask"]
+    expected = [roc_auc_score(table.labels[:, 0], s[:, 0]) for s in table.arms["multitask"].scores]
+    assert mt["auroc"]["Effusion"]["per_seed"] == pytest.approx(expected)
+    assert mt["auroc"]["Effusion"]["mean"] == pytest.approx(np.mean(expected))
+    assert mt["auroc"]["Effusion"]["sd"] == pytest.approx(np.std(expected, ddof=1))
+    single = summary["arms"]["single_task"]
+    assert single["models_per_seed"] == 2 and single["parameters"]["mean"] == 1600
+    assert single["train_seconds"]["per_seed"] == [20.0, 22.0]
+    assert single["infer_ms_per_image"]["mean"] == pytest.approx(10.0)
+    assert [(c["group"], c["a"], c["b"]) for c in summary["comparisons"]] == [
+        ("architecture", "multitask", "findings_only"), ("architecture", "multitask", "single_task")]
+    diff = summary["comparisons"][0]["findings"][0]["diff"]
+    other = summary["arms"]["findings_only"]["auroc"]["Effusion"]["mean"]
+    assert diff == pytest.approx(mt["auroc"]["Effusion"]["mean"] - other)
+    assert summary["comparisons"][0]["macro"]["low"] > 0  # strong vs noise: clearly better
+    assert summary["images"] == 200 and summary["patients"] == 100
+    json.dumps(summary, allow_nan=False)  # JSON-ready: no NaN sneaks through
+
+
+def test_report_says_what_came_out_even_when_multitask_loses() -> None:
+    table = _table()
+    swapped = dict(table.arms)
+    swapped["multitask"], swapped["findings_only"] = (
+        ArmScores("multitask", (0, 1), table.arms["findings_only"].scores, table.arms["multitask"].records),
+        ArmScores("findings_only", (0, 1), table.arms["multitask"].scores, table.arms["findings_only"].records),
+    )
+    losing = Table(table.findings, table.rows, table.patient_ids, table.labels, table.masks, swapped)
+    result = {"phantom": True, "data_root": "x", "split": "test", "seeds": [0, 1], "max_steps": 3,
+              "baseline_weighting": "equal", **summarise(losing, n_resamples=100)}
+    text = ablation_markdown(result)
+    assert "multitask (equal) vs findings only: macro Δ -" in text and "— worse." in text
+    assert "| macro mean |" in text and "| single-task | 2 | 0.00 M |" in text
+    section = ablation_section(result)
+    assert section.title == "Multitask ablation" and "<table" in section.html and section.note == "phantom data"
+    assert verdict({"diff": 0.01, "low": -0.02, "high": 0.04}) == "no clear difference"
+
+
+def test_compare_needs_shared_seeds() -> None:
+    table = _table()
+    arms = dict(table.arms)
+    arms["findings_only"] = ArmScores("findings_only", (5,), table.arms["findings_only"].scores[:1], ())
+    other = Table(table.findings, table.rows, table.patient_ids, table.labels, table.masks, arms)
+    with pytest.raises(EvaluationError, match="share no seed"):
+        compare(other, "multitask", "findings_only", n_resamples=10)
+
+
+TINY_CONFIG = """\
+name: tiny
+seed: 0
+data: {image_size: 32, cache_workers: 1}
+model: {backbone: resnet10t, channels_last: false}
+tasks: {specs: [findings, abnormal, age, sex, view]}
+optim: {lr: 3.0e-3}
+augment: {enabled: false}
+train: {epochs: 1, batch_size: 16, eval_batch_size: 64, checkpoint_every: 0, select_metric: val/findings/auroc_mean}
+"""
+
+
+@pytest.mark.slow
+def test_ablate_command_end_to_end_and_resumable(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cxrmtl.cli import app
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / "abl"
+    args = ["ablate", str(config), "--out", str(out), "--seeds", "2", "--max-steps", "2", "--findings",
+            "Effusion,Pneumothorax", "--weightings", "uncertainty", "--phantom-patients", "40", "--bootstrap", "50",
+            "--device", "cpu"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    result = json.loads((out / "ablation.json").read_text())
+    assert set(result["arms"]) == {"multitask", "findings_only", "single_task", "weighting:uncertainty"}
+    assert len(result["runs"]) == 10 and result["phantom"] is True and result["seeds"] == [0, 1]
+    assert result["arms"]["single_task"]["models_per_seed"] == 2
+    assert result["arms"]["multitask"]["parameters"]["mean"] > result["arms"]["findings_only"]["parameters"]["mean"]
+    assert {c["b"] for c in result["comparisons"]} == {"findings_only", "single_task", "multitask"}
+    assert "## Per-finding AUROC" in (out / "ablation.md").read_text()
+    assert json.loads((out / "ablation_section.json").read_text())["title"] == "Multitask ablation"
+
+    # A second call trains nothing; a run whose record was lost is resumed from its checkpoint, not restarted.
+    log = out / "runs" / "multitask" / "seed0" / "log.jsonl"
+    before = log.read_text()
+    (out / "runs" / "findings_only" / "seed1" / "ablation_run.json").unlink()
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert log.read_text() == before
+    rerun = json.loads((out / "runs" / "findings_only" / "seed1" / "ablation_run.json").read_text())
+    assert rerun["resumed"] is True and rerun["steps"] == 2
+
+    # Other settings in the same folder must not silently reuse the finished runs.
+    third = CliRunner().invoke(app, [*args[:-2], "--max-steps", "3", "--device", "cpu"])
+    assert third.exit_code != 0 and isinstance(third.exception, RunError)
+    assert "other settings" in str(third.exception)

@@ -1,0 +1,203 @@
+"""Wang-style localisation scoring on synthetic heatmaps whose boxes and accuracies are known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrmtl import labels
+from cxrmtl.errors import EvaluationError
+from cxrmtl.eval.localization import (
+    LocalizationCase,
+    accuracy_table,
+    case_outcome,
+    evaluate_localization,
+    ground_truth_boxes,
+    heatmap_to_boxes,
+    image_sizes,
+    iobb,
+    iou,
+    iou_table,
+    scale_boxes,
+    to_cache_boxes,
+)
+
+
+def _blob_map(size: int, blobs: list[tuple[int, int, int, int, float]]) -> np.ndarray:
+    """A zero map with flat rectangles (x, y, w, h, value)."""
+    heat = np.zeros((size, size), dtype=np.float32)
+    for x, y, w, h, value in blobs:
+        heat[y : y + h, x : x + w] = value
+    return heat
+
+
+def test_heatmap_to_boxes_two_thresholds_give_nested_boxes() -> None:
+    heat = _blob_map(32, [(4, 6, 10, 8, 0.5), (20, 20, 5, 3, 1.0)])
+    heat[8:10, 6:8] = 1.0  # a sharp core inside the first, weaker blob
+    boxes = heatmap_to_boxes(heat)
+    # threshold 60 (0.235 of max) sees both blobs; 180 (0.706) only the cores.
+    assert boxes.tolist() == [[4, 6, 10, 8], [20, 20, 5, 3], [6, 8, 2, 2]]
+
+
+def test_heatmap_to_boxes_diagonal_pixels_join_and_constant_map_gives_nothing() -> None:
+    heat = np.zeros((8, 8))
+    heat[2, 2] = heat[3, 3] = 1.0
+    assert heatmap_to_boxes(heat, thresholds=(128,)).tolist() == [[2, 2, 2, 2]]
+    assert heatmap_to_boxes(np.full((8, 8), 3.0)).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("heat", "thresholds", "message"),
+    [
+        (np.zeros(5), (60,), "2-D"),
+        (np.full((4, 4), np.nan), (60,), "NaN"),
+        (np.eye(4), (), "at least one"),
+        (np.eye(4), (300,), r"\[0, 255\]"),
+    ],
+)
+def test_heatmap_to_boxes_rejects_bad_input(heat: np.ndarray, thresholds: tuple, message: str) -> None:
+    with pytest.raises(EvaluationError, match=message):
+        heatmap_to_boxes(heat, thresholds=thresholds)
+
+
+def test_overlaps_exact_values() -> None:
+    pred = np.array([[0, 0, 10, 10], [5, 5, 10, 10]], dtype=float)
+    gt = np.array([[0, 0, 20, 20]], dtype=float)
+    assert iobb(pred, gt)[:, 0].tolist() == [1.0, 1.0]
+    assert iou(pred, gt)[:, 0].tolist() == [0.25, 0.25]
+    far = np.array([[100, 100, 5, 5]], dtype=float)
+    assert iobb(far, gt).tolist() == [[0.0]]
+
+
+def test_scale_boxes_from_original_size_to_cache_size() -> None:
+    box = np.array([[512, 256, 100, 50]], dtype=float)
+    scaled = scale_boxes(box, from_size=(1024, 512), to_size=(64, 64))
+    assert scaled.tolist() == [[32.0, 32.0, 6.25, 6.25]]
+    with pytest.raises(EvaluationError, match="positive"):
+        scale_boxes(box, from_size=(0, 512), to_size=(64, 64))
+
+
+def test_case_outcome_counts_false_positives_strictly_above_threshold() -> None:
+    gt = np.array([[0, 0, 10, 10]], dtype=float)
+    pred = np.array([[0, 0, 10, 20], [50, 50, 4, 4]], dtype=float)  # IoBB 0.5 and 0.0
+    case = LocalizationCase(image="a.png", finding="Mass", pred=pred, gt=gt)
+    assert case_outcome(case, kind="iobb", threshold=0.25) == (True, 1)
+    assert case_outcome(case, kind="iobb", threshold=0.5) == (False, 2)  # 0.5 is not > 0.5
+    empty = LocalizationCase(image="a.png", finding="Mass", pred=np.zeros((0, 4)), gt=gt)
+    assert case_outcome(empty, kind="iou", threshold=0.1) == (False, 0)
+
+
+def _synthetic_cases() -> list[LocalizationCase]:
+    """Four Nodule cases and two Effusion cases whose heatmaps put blobs at known places."""
+    size = 64
+    specs = [
+        # finding, gt box, heat blobs (x, y, w, h, value)
+        ("Nodule", (10, 10, 8, 8), [(10, 10, 8, 8, 1.0)]),  # exact: IoBB 1, IoU 1
+        ("Nodule", (10, 10, 8, 8), [(10, 10, 8, 16, 1.0)]),  # IoBB 0.5, IoU 0.5
+        ("Nodule", (10, 10, 8, 8), [(40, 40, 6, 6, 1.0)]),  # miss, 1 FP
+        ("Nodule", (10, 10, 8, 8), [(10, 10, 4, 4, 1.0), (40, 40, 6, 6, 1.0)]),  # IoBB 1, IoU 0.25, + 1 FP
+        ("Effusion", (0, 32, 32, 32), [(0, 32, 32, 32, 1.0)]),
+        ("Effusion", (0, 32, 32, 32), [(32, 0, 32, 32, 1.0)]),
+    ]
+    cases = []
+    for i, (finding, gt, blobs) in enumerate(specs):
+        pred = heatmap_to_boxes(_blob_map(size, blobs))
+        cases.append(LocalizationCase(image=f"{i}.png", finding=finding, pred=pred, gt=np.array([gt], dtype=float)))
+    return cases
+
+
+def test_evaluate_localization_exact_accuracies() -> None:
+    result = evaluate_localization(_synthetic_cases(), kind="iobb")
+    assert result["finding"].unique().tolist() == ["Effusion", "Nodule"]  # canonical order
+    nodule = result[result["finding"] == "Nodule"].set_index("threshold")
+    assert nodule["accuracy"].to_dict() == {0.1: 0.75, 0.25: 0.75, 0.5: 0.5, 0.75: 0.5, 0.9: 0.5}
+    assert nodule.loc[0.5, "afp"] == 3 / 4  # case 2: 1 (IoBB 0.5 not > 0.5), case 3: 1, case 4: 1
+    assert nodule.loc[0.1, "afp"] == 2 / 4
+    effusion = result[result["finding"] == "Effusion"].set_index("threshold")
+    assert effusion["accuracy"].tolist() == [0.5] * 5
+    assert effusion["afp"].tolist() == [0.5] * 5
+    assert set(result["cases"]) == {2, 4}
+
+
+def test_evaluate_localization_iou() -> None:
+    result = evaluate_localization(_synthetic_cases(), kind="iou")
+    nodule = result[result["finding"] == "Nodule"].set_index("threshold")["accuracy"]
+    # IoU of the four cases: 1, 0.5, 0, 0.25
+    expected = {0.1: 0.75, 0.2: 0.75, 0.3: 0.5, 0.4: 0.5, 0.5: 0.25, 0.6: 0.25, 0.7: 0.25}
+    assert nodule.to_dict() == pytest.approx(expected)
+    table = iou_table(result)
+    assert "| Nodule | 4 | 0.750 (0.50) |" in table
+
+
+def test_evaluate_localization_rejects_unknown_kind_and_cases() -> None:
+    with pytest.raises(EvaluationError, match="overlap kind"):
+        evaluate_localization([], kind="dice")
+    with pytest.raises(EvaluationError, match="at least one true box"):
+        LocalizationCase(image="x.png", finding="Mass", pred=np.zeros((0, 4)), gt=np.zeros((0, 4)))
+    with pytest.raises(EvaluationError, match="Infiltrate"):
+        LocalizationCase(image="x.png", finding="Infiltrate", pred=np.zeros((0, 4)), gt=np.ones((1, 4)))
+    with pytest.raises(EvaluationError, match="positive width"):
+        LocalizationCase(image="x.png", finding="Mass", pred=np.zeros((1, 4)), gt=np.ones((1, 4)))
+
+
+def test_accuracy_table_sits_next_to_wang() -> None:
+    table = accuracy_table(evaluate_localization(_synthetic_cases(), kind="iobb"))
+    assert "| Nodule | 4 | 0.750 | 0.750 | 0.500 | 0.500 | 0.500 | 0.75 | 0.000 |" in table
+    assert f"{labels.WANG_IOBB05_ACCURACY['Effusion']:.3f}" in table
+    assert "no localisation cases" in accuracy_table(evaluate_localization([], kind="iobb"))
+
+
+def test_ground_truth_boxes_scales_from_the_image_file_size() -> None:
+    sizes = {"a.png": (1024, 1024), "b.png": (2048, 1024)}
+    boxes = pd.DataFrame({
+        "image": ["a.png", "a.png", "b.png", "c.png"],
+        "finding": ["Mass", "Mass", "Nodule", "Mass"],
+        "x": [0.0, 512.0, 1024.0, 0.0],
+        "y": [0.0, 512.0, 0.0, 0.0],
+        "w": [128.0, 64.0, 256.0, 10.0],
+        "h": [128.0, 64.0, 128.0, 10.0],
+    })
+    gt = ground_truth_boxes(boxes, sizes, size=32)
+    assert gt[("a.png", "Mass")].tolist() == [[0, 0, 4, 4], [16, 16, 2, 2]]
+    # b.png is 2048 x 1024: the cache keeps the centre square x in [512, 1536), so x 1024 -> (1024 - 512) / 32
+    assert gt[("b.png", "Nodule")].tolist() == [[16, 0, 8, 4]]
+    assert ("c.png", "Mass") not in gt  # no image file, no size: left out
+    assert list(ground_truth_boxes(boxes, sizes, size=32, images=["b.png"])) == [("b.png", "Nodule")]
+    with pytest.raises(EvaluationError, match="columns"):
+        ground_truth_boxes(boxes.drop(columns="w"), sizes, size=32)
+
+
+def test_image_sizes_reads_headers_not_the_metadata(tmp_path) -> None:
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((20, 30), dtype=np.uint8))
+    table = pd.DataFrame({"image": ["a.png", "b.png"], "path": [str(tmp_path / "a.png"), ""],
+                          "orig_width": [2992, 2500], "orig_height": [2991, 2048]})
+    assert image_sizes(table, ["a.png", "b.png"]) == {"a.png": (30, 20)}
+
+
+def test_to_cache_boxes_clips_to_the_centre_square_and_drops_outside_boxes() -> None:
+    boxes = np.array([[0, 0, 100, 100], [400, 0, 200, 100], [700, 0, 100, 100], [900, 50, 100, 100]], dtype=float)
+    mapped = to_cache_boxes(boxes, width=1000, height=500, size=50)  # square x in [250, 750), scale 0.1
+    assert mapped.tolist() == [[15, 0, 20, 10], [45, 0, 5, 10]]  # first and last lie outside; third is clipped
+
+
+def test_ground_truth_boxes_on_real_bbox_list(nih_shared) -> None:
+    bbox = pd.read_csv(nih_shared / "BBox_List_2017.csv.gz")
+    coords = bbox.iloc[:, 2:6].to_numpy(dtype=float)
+    boxes = pd.DataFrame({
+        "image": bbox["Image Index"],
+        "finding": bbox["Finding Label"].replace(labels.LABEL_ALIASES),
+        "x": coords[:, 0],
+        "y": coords[:, 1],
+        "w": coords[:, 2],
+        "h": coords[:, 3],
+    })
+    # Boxes are in the 1024 x 1024 PNGs (FACTS.md), whatever OriginalImage[Width,Height] says.
+    gt = ground_truth_boxes(boxes, dict.fromkeys(boxes["image"], (1024, 1024)), size=224)
+    assert sum(len(v) for v in gt.values()) == 984  # FACTS.md: 984 boxes on 880 images
+    assert len({image for image, _ in gt}) == 880
+    assert {finding for _, finding in gt} == set(labels.BBOX_FINDINGS)
+    allboxes = np.concatenate(list(gt.values()))
+    assert (allboxes[:, 0] >= 0).all() and (allboxes[:, 0] + allboxes[:, 2] <= 224 + 1e-6).all()
