@@ -613,7 +613,12 @@ def _start_method() -> str:
     and OpenCV, and ``_worker_init`` pins OpenCV to one thread, so no inherited thread pool or lock is ever used
     (the same reasoning as torch's DataLoader, which forks on Linux). Elsewhere: spawn.
     """
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    methods = multiprocessing.get_all_start_methods()
+    if "torch" in sys.modules and "forkserver" in methods:
+        # Inside a training process (torch loaded, its thread pools live) a forked pool was once seen to leave a
+        # worker that never exited; a fork server is forked from a clean single-threaded process instead.
+        return "forkserver"
+    return "fork" if "fork" in methods else "spawn"
 
 
 def _worker_init_local() -> None:
