@@ -1,0 +1,49 @@
+"""``cxrmtl train CONFIG --data ROOT --out RUN``: train one shared network for the tasks of a config.
+
+Also started by torchrun, unchanged: ``torchrun --nproc-per-node N -m cxrmtl train CONFIG --data ROOT --out RUN``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+ORDER = 40
+
+
+def train_command(
+    config: Path = typer.Argument(..., help="YAML config (see configs/ and docs/training.md)."),
+    data: Path = typer.Option(..., "--data", help="NIH-layout folder (the real release or a phantom)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to create (or continue with --resume)."),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Preprocessing cache folder (built on first use). Default: RUN/../.cxrmtl-cache/..."
+    ),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after N optimizer steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config field: dotted.key=value (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cuda or cpu."),
+) -> None:
+    """Train one shared network for all tasks of CONFIG on ROOT into RUN."""
+    from cxrmtl.config import load_config
+    from cxrmtl.errors import ConfigError
+    from cxrmtl.train.loop import format_summary, train
+
+    if device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"--device: {device!r} is not one of auto, cuda, cpu")
+    extra = [f"train.max_steps={max_steps}"] if max_steps else []
+    cfg = load_config(config, [*overrides, *extra])
+    summary = train(cfg, data_root=data, out=out, cache_dir=cache, resume=resume, device=device)
+    if _is_main():
+        typer.echo(format_summary(summary))
+        typer.echo(f"run: {summary.run}")
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
