@@ -1,0 +1,28 @@
+"""``cxrmtl demo``: the main job on the built-in phantom (what ``make demo`` runs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+ORDER = 10
+
+
+def demo_command(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for data/, cache/ and run/ (reused on rerun)."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny phantom, few steps: a < 3 minute smoke check."),
+    workers: int = typer.Option(
+        max(1, len(os.sched_getaffinity(0))), "--workers", min=1, help="Processes for phantom and cache."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cuda or cpu."),
+) -> None:
+    """Phantom -> cache -> multitask training -> evaluation -> report, ending with the summary and report path."""
+    from cxrmtl.demo import run_demo
+
+    run_demo(out=out, quick=quick, workers=workers, device=device, log=typer.echo)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)

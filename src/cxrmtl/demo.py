@@ -1,0 +1,180 @@
+"""The main job on the built-in phantom: data -> cache -> multitask training -> evaluation -> report.
+
+Every step writes an ordinary artefact that the other commands accept (``DIR/data`` is an NIH-layout folder,
+``DIR/run`` a training run, ``DIR/run/eval/test`` an evaluation), and every step resumes: a second ``cxrmtl demo``
+with the same ``--out`` reuses the phantom and the cache, continues training from its last checkpoint and
+re-evaluates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cxrmtl.labels import DATA_ENTRY_NAMES
+
+if TYPE_CHECKING:
+    from cxrmtl.config import Config
+
+CONFIG_DIR = Path(__file__).resolve().parent / "resources" / "configs"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of one demo flavour. ``full`` fits 15 minutes on 2 CPU cores; ``quick`` is a smoke check."""
+
+    name: str
+    patients: int
+    phantom_size: int
+    overrides: tuple[str, ...]
+    bootstrap: int
+    meaningful: bool
+
+
+# Registry of demo flavours (see docs/demo.md for how the sizes were chosen and BENCHMARKS.md for timings).
+DEMO_PLANS: dict[str, DemoPlan] = {
+    "full": DemoPlan(
+        name="full", patients=1600, phantom_size=256, overrides=(), bootstrap=1000,
+        meaningful=True,
+    ),
+    "quick": DemoPlan(
+        name="quick", patients=120, phantom_size=64,
+        overrides=("data.image_size=64", "train.epochs=1", "train.max_steps=12", "train.checkpoint_every=6",
+                   "optim.warmup_steps=2"),
+        bootstrap=100, meaningful=False,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the demo put things, and the headline numbers."""
+
+    out: Path
+    data: Path
+    cache: Path
+    run: Path
+    report_html: Path
+    summary: str
+    seconds: float
+
+
+def _phantom_done(data: Path) -> bool:
+    # write_phantom writes Data_Entry last, so its presence means the phantom is complete.
+    return any((data / name).is_file() for name in DATA_ENTRY_NAMES)
+
+
+def _step(log: Callable[[str], None], number: int, text: str) -> None:
+    log(f"\n[{number}/5] {text}")
+
+
+def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None]) -> None:
+    """Write the boosted-prevalence phantom unless a complete one is already there."""
+    from cxrmtl.data.phantom import write_phantom
+
+    if _phantom_done(data):
+        log(f"phantom already in {data}: reused")
+        return
+    if data.exists() and any(data.iterdir()):
+        # An interrupted phantom (no Data_Entry yet): its images are reproducible, so start it again.
+        import shutil
+
+        shutil.rmtree(data)
+    report = write_phantom(data, patients=plan.patients, size=plan.phantom_size, seed=0, prevalence="boosted",
+                           workers=workers, progress=True)
+    log(f"phantom: {report.images} images of {report.patients} patients, {report.boxes} boxes -> {data}")
+
+
+def demo_config(plan: DemoPlan, *, extra: tuple[str, ...] = ()) -> Config:
+    """The demo's training config: configs/demo_phantom.yaml plus the flavour's overrides."""
+    from cxrmtl.config import load_config
+
+    return load_config(CONFIG_DIR / "demo_phantom.yaml", [*plan.overrides, *extra])
+
+
+def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = "auto",
+             log: Callable[[str], None] = print) -> DemoResult:
+    """Run the whole demo into ``out`` and return where the results are."""
+    from cxrmtl.data.cache import build_cache
+    from cxrmtl.data.nih import load_index
+    from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
+    from cxrmtl.train.loop import format_summary, train
+
+    start = time.perf_counter()
+    plan = DEMO_PLANS["quick" if quick else "full"]
+    out = Path(out)
+    data, cache, run = out / "data", out / "cache", out / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    if not plan.meaningful:
+        log("--quick: a smoke check of every step on a tiny phantom; its numbers mean nothing.")
+
+    _step(log, 1, f"phantom ({plan.patients} patients, {plan.phantom_size} px, boosted prevalence)")
+    make_phantom(plan, data, workers=workers, log=log)
+
+    cfg = demo_config(plan)
+    _step(log, 2, f"preprocessing cache ({cfg.data.image_size} px)")
+    index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+    cache_report = build_cache(index, cache, size=cfg.data.image_size, workers=workers, progress=True)
+    log(f"cache: {cache_report}")
+
+    _step(log, 3, f"multitask training ({cfg.model.backbone}, tasks {', '.join(cfg.tasks.specs)})")
+    resume = (run / "checkpoints" / "last.pt").is_file()
+    summary = train(cfg, data_root=data, out=run, cache_dir=cache, resume=resume, device=device)
+    table = format_summary(summary)
+    log(table)
+
+    _step(log, 4, "evaluation on the test split (patient bootstrap CIs, calibration, subgroups, localisation)")
+    sections = _localization_sections(run, cfg=cfg, data=data, cache=cache, log=log)
+    result = evaluate_run(run, data_root=data, split="test", cache_dir=cache, data_kind="phantom",
+                          options=EvalOptions(n_bootstrap=plan.bootstrap), device="cpu", sections=sections)
+
+    _step(log, 5, "summary")
+    log(_headline(result.evaluation.metrics))
+    seconds = time.perf_counter() - start
+    log(f"\nreport: {result.report_html}\nrun:    {run}\ntime:   {seconds / 60:.1f} min")
+    return DemoResult(out=out, data=data, cache=cache, run=run, report_html=result.report_html, summary=table,
+                      seconds=seconds)
+
+
+def _localization_sections(run: Path, *, cfg: Config, data: Path, cache: Path, log: Callable[[str], None]) -> list:
+    """Grad-CAM localisation against the phantom's boxes (Wang et al.'s protocol), as a report section."""
+    from cxrmtl.data.cache import open_cache
+    from cxrmtl.data.nih import load_index
+    from cxrmtl.eval.localize import localization_section, localize_run, write_outputs
+    from cxrmtl.infer.predictor import load_run
+
+    loaded = load_run(run, which="best", device="cpu")
+    index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+    out_dir = run / "eval" / "test" / "localization"
+    result = localize_run(loaded, open_cache(cache), index, split="test", gallery_dir=out_dir / "gallery")
+    if not result.cases:
+        log("localisation: no boxed test images; section left out")
+        return []
+    write_outputs(result, out_dir)
+    log(f"localisation: {len(result.cases)} boxed cases scored -> {out_dir}")
+    return [localization_section(result, gallery_dir=out_dir / "gallery")]
+
+
+def _ci_cell(entry: dict | None) -> tuple[str, str]:
+    if not entry or entry.get("value") is None:
+        return "undefined", ""
+    low, high = entry.get("low"), entry.get("high")
+    return f"{entry['value']:.3f}", (f"{low:.3f}-{high:.3f}" if low is not None and high is not None else "")
+
+
+def _headline(metrics: dict) -> str:
+    """A short table: mean AUROC over the findings, then each auxiliary output's primary number (metrics.json)."""
+    lines = ["| task | metric | value | 95% CI |", "|---|---|---|---|"]
+    value, ci = _ci_cell((metrics.get("findings") or {}).get("auroc_mean"))
+    lines.append(f"| findings (mean of 14) | AUROC | {value} | {ci} |")
+    for task, entry in metrics.get("tasks", {}).items():
+        if entry.get("kind") == "multilabel":
+            continue
+        for output, numbers in entry.get("outputs", {}).items():
+            key = "mae" if entry.get("kind") == "regression" else "auroc"
+            value, ci = _ci_cell(numbers.get(key))
+            lines.append(f"| {task} ({output}) | {'MAE (years)' if key == 'mae' else 'AUROC'} | {value} | {ci} |")
+    return "\n".join(lines)
