@@ -70,7 +70,7 @@ def train_and_score(
     x_all, y_all = data["images"], torch.from_numpy(data["labels"].astype(np.float32))
     model = _model()
     steps = epochs * ((train.size + batch - 1) // batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     t0 = time.perf_counter()

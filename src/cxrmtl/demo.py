@@ -37,7 +37,7 @@ class DemoPlan:
 # Registry of demo flavours (see docs/demo.md for how the sizes were chosen and BENCHMARKS.md for timings).
 DEMO_PLANS: dict[str, DemoPlan] = {
     "full": DemoPlan(
-        name="full", patients=1600, phantom_size=256, overrides=(), bootstrap=1000,
+        name="full", patients=500, phantom_size=256, overrides=(), bootstrap=1000,
         meaningful=True,
     ),
     "quick": DemoPlan(

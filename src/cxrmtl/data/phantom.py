@@ -45,6 +45,7 @@ from cxrmtl.labels import (
     TRAIN_VAL_LIST,
     VIEW_CODES,
 )
+from cxrmtl.version import code_version
 
 DATA_ENTRY_FILE = "Data_Entry_2017.csv"
 BBOX_FILE = "BBox_List_2017.csv"
@@ -486,6 +487,11 @@ def write_phantom(
     _atomic_write(out / TRAIN_VAL_LIST, "\n".join(sorted(np.array(names)[split == "train_val"])))
     _atomic_write(out / TEST_LIST, "\n".join(sorted(np.array(names)[split == "test"])))
     _atomic_write(out / BBOX_FILE, "\n".join(box_lines) + "\n")
+    # phantom.json records how the folder was made; evaluation reads it to label every report "PHANTOM DATA".
+    _atomic_write(out / "phantom.json", json.dumps({
+        "generator": "cxrmtl phantom", "code_version": code_version(), "patients": patients, "images": n,
+        "size": size, "seed": seed, "difficulty": difficulty, "label_noise": label_noise, "prevalence": prevalence,
+        "box_share": box_share}, indent=1) + "\n")
     _atomic_write(out / DATA_ENTRY_FILE, data_entry_text(plan))
     return PhantomReport(
         root=out, images=n, patients=patients, boxes=len(box_lines) - 1, test_images=int((split == "test").sum())
