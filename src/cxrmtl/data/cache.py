@@ -37,6 +37,7 @@ import numpy as np
 
 from cxrmtl import labels
 from cxrmtl.errors import CacheError, CxrmtlError
+from cxrmtl.fsio import atomic_write_text
 
 if TYPE_CHECKING:
     from cxrmtl.data.nih import NIHIndex
@@ -171,26 +172,6 @@ class CacheView:
 # --------------------------------------------------------------------------------------------------------------
 # Small file helpers: atomic writes and the journal.
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems refuse O_RDONLY fsync on directories
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old file or the whole new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _journal_line(chunk: int, status: list[str], checksums: list[str]) -> str:
@@ -505,8 +486,8 @@ def _start_or_resume(out: Path, plan: _Plan) -> _Plan:
         return resumed
     (out / JOURNAL_FILE).unlink(missing_ok=True)  # no plan means nothing was ever trusted
     _allocate(out, plan)
-    _atomic_write(out / NAMES_FILE, "".join(f"{n}\n" for n in plan.names))
-    _atomic_write(plan_path, plan.to_json())
+    atomic_write_text(out / NAMES_FILE, "".join(f"{n}\n" for n in plan.names))
+    atomic_write_text(plan_path, plan.to_json())
     return plan
 
 
@@ -658,7 +639,7 @@ def _write_manifest(out: Path, plan: _Plan, done: dict[int, tuple[list[str], lis
         "status": status,
         "checksum": checksums,
     }
-    _atomic_write(out / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     (out / JOURNAL_FILE).unlink(missing_ok=True)
     (out / PLAN_FILE).unlink(missing_ok=True)
     return manifest

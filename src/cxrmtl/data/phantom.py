@@ -27,6 +27,7 @@ import pandas as pd
 from cxrmtl.data import phantom_anatomy as anatomy
 from cxrmtl.data.phantom_findings import REGISTRY
 from cxrmtl.errors import ConfigError, DataLayoutError
+from cxrmtl.fsio import atomic_write_text
 from cxrmtl.labels import (
     BBOX_FINDINGS,
     FINDING_INDEX,
@@ -404,12 +405,6 @@ class PhantomReport:
     test_images: int
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, newline="\n")
-    os.replace(tmp, path)
-
-
 def _label_string(labels: np.ndarray) -> str:
     names = sorted(FINDINGS[j] for j in np.flatnonzero(labels))  # NIH joins labels alphabetically
     return "|".join(names) if names else NO_FINDING
@@ -484,15 +479,15 @@ def write_phantom(
     for row, _, boxes in stream:  # workers write the PNGs; boxes come back in row order
         box_lines += [f"{names[row]},{_BOX_NAME.get(f, f)},{x:.4f},{y:.4f},{w:.4f},{h:.4f}" for f, x, y, w, h in boxes]
     split = plan.table["split"].to_numpy()
-    _atomic_write(out / TRAIN_VAL_LIST, "\n".join(sorted(np.array(names)[split == "train_val"])))
-    _atomic_write(out / TEST_LIST, "\n".join(sorted(np.array(names)[split == "test"])))
-    _atomic_write(out / BBOX_FILE, "\n".join(box_lines) + "\n")
+    atomic_write_text(out / TRAIN_VAL_LIST, "\n".join(sorted(np.array(names)[split == "train_val"])))
+    atomic_write_text(out / TEST_LIST, "\n".join(sorted(np.array(names)[split == "test"])))
+    atomic_write_text(out / BBOX_FILE, "\n".join(box_lines) + "\n")
     # phantom.json records how the folder was made; evaluation reads it to label every report "PHANTOM DATA".
-    _atomic_write(out / "phantom.json", json.dumps({
+    atomic_write_text(out / "phantom.json", json.dumps({
         "generator": "cxrmtl phantom", "code_version": code_version(), "patients": patients, "images": n,
         "size": size, "seed": seed, "difficulty": difficulty, "label_noise": label_noise, "prevalence": prevalence,
         "box_share": box_share}, indent=1) + "\n")
-    _atomic_write(out / DATA_ENTRY_FILE, data_entry_text(plan))
+    atomic_write_text(out / DATA_ENTRY_FILE, data_entry_text(plan))
     return PhantomReport(
         root=out, images=n, patients=patients, boxes=len(box_lines) - 1, test_images=int((split == "test").sum())
     )

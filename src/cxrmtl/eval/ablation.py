@@ -212,8 +212,9 @@ def config_digest(cfg: Config) -> str:
 
 def run_variant(harness: Harness, variant: Variant, *, seed: int, max_steps: int | None) -> RunRecord:
     """Train and predict one (variant, seed) unless its record exists; return the record."""
+    from cxrmtl.fsio import atomic_write_text
     from cxrmtl.train.loop import train
-    from cxrmtl.train.run import RunDir, atomic_write_text
+    from cxrmtl.train.run import RunDir
 
     run_dir = harness.run_dir(variant, seed)
     marker = run_dir / RUN_MARKER
@@ -479,7 +480,7 @@ class AblationOptions:
 def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every (variant, seed) not yet finished, compare, write OUT/ablation.json and OUT/ablation.md."""
     from cxrmtl.eval.ablation_report import ablation_markdown, ablation_section
-    from cxrmtl.train.run import atomic_write_text
+    from cxrmtl.fsio import atomic_write_text
 
     if options.seeds < 1:
         raise ConfigError(f"seeds: need at least 1, got {options.seeds}")

@@ -421,7 +421,8 @@ def evaluate_run(
     from cxrmtl.data.nih import load_index
     from cxrmtl.eval.expert import find_google_labels, load_google_labels
     from cxrmtl.eval.report import ReportData, render_report
-    from cxrmtl.eval.thresholds import save_thresholds, write_json_atomic
+    from cxrmtl.eval.thresholds import save_thresholds
+    from cxrmtl.fsio import write_json_atomic
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.train.loop import default_cache_dir
     from cxrmtl.version import code_version

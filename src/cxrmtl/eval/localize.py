@@ -191,7 +191,7 @@ def localization_markdown(result: LocalizationResult) -> str:
 
 def write_outputs(result: LocalizationResult, out: Path) -> dict[str, Path]:
     """localization.json, localization.md and localization_section.json (for ``cxrmtl evaluate --section``)."""
-    from cxrmtl.train.run import atomic_write_text
+    from cxrmtl.fsio import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "localization.json", "markdown": out / "localization.md",

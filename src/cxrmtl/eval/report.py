@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cxrmtl.errors import EvaluationError
 from cxrmtl.eval.published import PUBLISHED
+from cxrmtl.fsio import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -449,21 +450,10 @@ def _write_figures(sections: Sequence[Section], folder: Path) -> tuple[dict[int,
                 stem += "_"
             used.add(stem)
             path = folder / f"{stem}.png"
-            _atomic_bytes(path, f.png)
+            atomic_write_bytes(path, f.png)
             names[id(f)] = f"{folder.name}/{path.name}"
             written.append(path)
     return names, written
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def build_sections(data: ReportData, extra: Sequence[Section] = ()) -> list[Section]:
@@ -482,6 +472,6 @@ def render_report(data: ReportData, *, out_dir: Path, sections: Sequence[Section
     all_sections = build_sections(data, sections)
     names, written = _write_figures(all_sections, out_dir / "figures")
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    _atomic_bytes(md_path, _markdown_document(data, all_sections, names).encode("utf-8"))
-    _atomic_bytes(html_path, _html_document(data, all_sections).encode("utf-8"))
+    atomic_write_bytes(md_path, _markdown_document(data, all_sections, names).encode("utf-8"))
+    atomic_write_bytes(html_path, _html_document(data, all_sections).encode("utf-8"))
     return ReportPaths(markdown=md_path, html=html_path, figures=tuple(written))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ import numpy as np
 
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError, RunError
+from cxrmtl.fsio import write_json_atomic
 
 THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_SCHEMA = 1
@@ -138,24 +137,6 @@ def save_thresholds(run: Path, thresholds: Thresholds, *, code_version: str) -> 
     doc["code_version"] = code_version
     doc["created"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return write_json_atomic(Path(run) / THRESHOLDS_FILE, doc)
-
-
-def write_json_atomic(path: Path, doc: object) -> Path:
-    """Serialise ``doc`` (NaN/inf are refused: use None) to a temp file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _check_value(path: Path, where: str, value: object) -> float | None:

@@ -23,6 +23,7 @@ import torch
 
 from cxrmtl.config import Config, config_from_yaml_text, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
+from cxrmtl.fsio import fsync_dir
 from cxrmtl.train import run as rundir
 
 FORMAT_VERSION = 1
@@ -47,7 +48,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    rundir.fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

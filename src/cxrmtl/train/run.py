@@ -19,13 +19,13 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cxrmtl.config import Config, dump_config
 from cxrmtl.errors import RunError
+from cxrmtl.fsio import atomic_write_text
 from cxrmtl.version import code_version
 
 CONFIG_FILE = "config.yaml"
@@ -37,31 +37,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 THRESHOLDS_FILE = "thresholds.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Persist a rename in ``path`` (POSIX needs the directory fsync'd too)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def label_map(tasks: Sequence[Any]) -> dict[str, list[str]]:
