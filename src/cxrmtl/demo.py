@@ -118,7 +118,8 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
     _step(log, 2, f"preprocessing cache ({cfg.data.image_size} px)")
     index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
     cache_report = build_cache(index, cache, size=cfg.data.image_size, workers=workers, progress=True)
-    log(f"cache: {cache_report}")
+    log(f"cache: {cache_report.count} images, {cache_report.ok} readable, {len(cache_report.failed)} unreadable, "
+        f"{cache_report.size} px, {cache_report.seconds:.1f} s -> {cache}")
 
     _step(log, 3, f"multitask training ({cfg.model.backbone}, tasks {', '.join(cfg.tasks.specs)})")
     resume = (run / "checkpoints" / "last.pt").is_file()

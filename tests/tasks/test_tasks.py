@@ -135,14 +135,19 @@ def test_auroc_of_a_single_class_column_is_nan_and_left_out_of_the_mean() -> Non
 def test_age_predicts_years_and_reports_mae_in_years() -> None:
     (task,) = build_tasks(["age"])
     assert task.kind == "regression" and task.primary_metric == "mae_years" and not task.higher_is_better
-    output = torch.tensor([[0.40], [0.62]])
+    from cxrmtl.labels import AGE_PRIOR_YEARS, AGE_SCALE
+
+    output = torch.tensor([[(40.0 - AGE_PRIOR_YEARS) / AGE_SCALE], [(62.0 - AGE_PRIOR_YEARS) / AGE_SCALE]])
     pred = task.predict(output).numpy()
     assert pred[:, 0].tolist() == pytest.approx([40.0, 62.0])
     target = np.array([[45.0], [60.0]])
     metrics = task.metrics(pred, target, np.ones((2, 1), dtype=bool))
     assert metrics["mae_years"] == pytest.approx(3.5) and metrics["rmse_years"] == pytest.approx(np.sqrt(14.5))
-    # The loss works on years / 100: a perfect prediction has zero loss.
-    assert task.loss(torch.tensor([[0.45]]), torch.tensor([[45.0]]), torch.ones(1, 1, dtype=torch.bool)).item() == 0
+    # The loss works on standardised age: a perfect prediction has zero loss, a 1-sd miss the Huber loss 0.6 * (1 - 0.6 / 2).
+    perfect = torch.tensor([[(45.0 - AGE_PRIOR_YEARS) / AGE_SCALE]])
+    ones = torch.ones(1, 1, dtype=torch.bool)
+    assert task.loss(perfect, torch.tensor([[45.0]]), ones).item() == pytest.approx(0.0, abs=1e-7)
+    assert task.loss(perfect + 1.0, torch.tensor([[45.0]]), ones).item() == pytest.approx(0.42, rel=1e-5)
     empty = task.metrics(pred, target, np.zeros((2, 1), dtype=bool))
     assert np.isnan(empty["mae_years"]) and empty["n_labelled"] == 0.0
 

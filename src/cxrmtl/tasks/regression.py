@@ -1,4 +1,4 @@
-"""Age regression: the head predicts years / AGE_SCALE, a robust loss fits it, MAE is reported in years."""
+"""Age regression: the head predicts standardised age, (years - mean) / sd; a robust loss fits it; MAE in years."""
 
 from __future__ import annotations
 
@@ -23,25 +23,28 @@ class AgeTask(Task):
     primary_metric: ClassVar[str] = "mae_years"
     higher_is_better: ClassVar[bool] = False
 
-    def __init__(self, *, loss_fn: Callable[..., Tensor], scale: float = AGE_SCALE) -> None:
+    def __init__(
+        self, *, loss_fn: Callable[..., Tensor], scale: float = AGE_SCALE, offset: float = AGE_PRIOR_YEARS
+    ) -> None:
         self.name = "age"
         self.target = "age"
         self.output_names = ("age",)
         self.loss_fn = loss_fn
         self.scale = scale
+        self.offset = offset
 
     def init_head(self, head: nn.Linear) -> None:
-        """Start the prediction at the NIH mean age (labels.AGE_PRIOR_YEARS) instead of 0 years."""
+        """Start the prediction at the NIH mean age (labels.AGE_PRIOR_YEARS): standardised output 0."""
         with torch.no_grad():
-            head.bias.fill_(AGE_PRIOR_YEARS / self.scale)
+            head.bias.zero_()
 
     def loss(self, output: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         output = output.float()
-        target = torch.where(mask, target.float() / self.scale, torch.zeros_like(output))
+        target = torch.where(mask, (target.float() - self.offset) / self.scale, torch.zeros_like(output))
         return masked_mean(self.loss_fn(output, target), mask)
 
     def predict(self, output: Tensor) -> Tensor:
-        return output.float() * self.scale
+        return output.float() * self.scale + self.offset
 
     def metrics(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
         pred, target, mask = np.asarray(pred), np.asarray(target), np.asarray(mask, dtype=bool)

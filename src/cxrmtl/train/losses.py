@@ -131,10 +131,10 @@ class AsymmetricLoss:
 class HuberLoss:
     """Huber loss: squared near zero, linear beyond ``delta`` (robust to the few implausible ages in NIH).
 
-    delta = 0.1 in scaled units is 10 years for age (years / 100): errors above a decade count linearly.
+    delta = 0.6 in standardised units is 10 years for age (sd 16.6 years): errors above a decade count linearly.
     """
 
-    delta: float = 0.1
+    delta: float = 0.6
 
     def __post_init__(self) -> None:
         if self.delta <= 0:
@@ -147,9 +147,9 @@ class HuberLoss:
 @_register(REGRESSION_LOSSES, "smooth_l1")
 @dataclasses.dataclass(frozen=True)
 class SmoothL1Loss:
-    """Smooth-L1 (Huber divided by beta), the Fast R-CNN form; beta in scaled units (0.1 = 10 years)."""
+    """Smooth-L1 (Huber divided by beta), the Fast R-CNN form; beta in standardised units (0.6 = 10 years)."""
 
-    beta: float = 0.1
+    beta: float = 0.6
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
