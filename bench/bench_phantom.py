@@ -77,7 +77,7 @@ def main() -> None:
     for size, patients in ((256, args.patients_256), (1024, args.patients_1024)):
         for label, fn in (
             (
-                f"ours: write_phantom, {args.workers} workers, cv2 PNG level 1",
+                f"ours: write_phantom, {args.workers} workers, cv2 PNG (level 1, Huffman-only, SUB filter)",
                 lambda p=patients, s=size: time_write(patients=p, size=s, workers=args.workers),
             ),
             ("baseline: write_phantom, 1 worker", lambda p=patients, s=size: time_write(patients=p, size=s, workers=1)),
@@ -94,12 +94,11 @@ def main() -> None:
         "",
         f"- command: `python {' '.join(sys.argv)}`",
         f"- machine: {os.cpu_count()} cores (`nproc`), {_cpu()}; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        "- taken under load: 6 other helpers were running tests and training on the same 2 cores, so the",
-        "  wall-clock numbers are pessimistic; the ratios between rows are the comparison. CPU ms per image (own +",
-        "  worker processes: rendering, PNG and metadata) does not depend on the load; `2 cores idle` = 2000 / that,",
+        f"- load average at the end: {os.getloadavg()[0]:.1f} (1 min). Wall-clock rates depend on other jobs; CPU ms",
+        "  per image (own + worker processes: rendering, PNG and metadata) does not; `2 cores idle` = 2000 / that,",
         "  the rate two idle cores reach with 2 workers (worker processes share nothing, so they scale linearly).",
         "",
-        "| size | method | images | wall s | images/s (loaded) | CPU ms/image | images/s, 2 cores idle | target |",
+        "| size | method | images | wall s | images/s (wall) | CPU ms/image | images/s, 2 cores idle | target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for size, label, n, sec, rate, cpu in rows:

@@ -143,7 +143,7 @@ def test_age_predicts_years_and_reports_mae_in_years() -> None:
     target = np.array([[45.0], [60.0]])
     metrics = task.metrics(pred, target, np.ones((2, 1), dtype=bool))
     assert metrics["mae_years"] == pytest.approx(3.5) and metrics["rmse_years"] == pytest.approx(np.sqrt(14.5))
-    # The loss works on standardised age: a perfect prediction has zero loss, a 1-sd miss the Huber loss 0.6 * (1 - 0.6 / 2).
+    # The loss works on standardised age: a perfect prediction has zero loss, a 1-sd miss Huber 0.6 * (1 - 0.6 / 2).
     perfect = torch.tensor([[(45.0 - AGE_PRIOR_YEARS) / AGE_SCALE]])
     ones = torch.ones(1, 1, dtype=torch.bool)
     assert task.loss(perfect, torch.tensor([[45.0]]), ones).item() == pytest.approx(0.0, abs=1e-7)
