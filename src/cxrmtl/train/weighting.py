@@ -15,6 +15,7 @@ scaled, as ``scaler.scale(loss).backward()`` would, and logged norms are unscale
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -99,7 +100,7 @@ def task_gradient_norms(
 # ----------------------------------------------------------------------------------------------- base classes
 
 
-class Weighting(nn.Module):
+class Weighting(nn.Module, abc.ABC):
     """Base class. Subclasses keep their state in parameters/buffers so ``state_dict()`` checkpoints it."""
 
     needs_per_task_grads: ClassVar[bool] = False
@@ -118,6 +119,7 @@ class Weighting(nn.Module):
             raise ConfigError(f"weighting: losses missing tasks {missing} / unknown tasks {extra}")
         return [losses[n] for n in self.task_names]
 
+    @abc.abstractmethod
     def backward(
         self,
         losses: Mapping[str, Tensor],
@@ -129,22 +131,21 @@ class Weighting(nn.Module):
         with_grad_norms: bool = False,
     ) -> dict[str, float]:
         """Fill ``.grad`` of ``all_params`` (and of this module's parameters) from the task losses; return logs."""
-        raise NotImplementedError
 
     def end_epoch(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         """Called by the loop after every epoch with the (globally averaged) mean training loss of each task."""
 
+    @abc.abstractmethod
     def current_weights(self) -> dict[str, float]:
         """The weight each task's loss has now (for logging)."""
-        raise NotImplementedError
 
 
 class LossWeighting(Weighting):
     """Backpropagate ``sum_i w_i * L_i + regulariser`` in one pass; subclasses define ``loss_weights``."""
 
+    @abc.abstractmethod
     def loss_weights(self) -> Tensor:
         """Weights (T,) in ``task_names`` order; may carry a graph to this module's parameters."""
-        raise NotImplementedError
 
     def regulariser(self) -> Tensor | None:
         """Extra term added to the total loss (the uncertainty method's log-variance penalty)."""
@@ -192,9 +193,9 @@ class GradientWeighting(Weighting):
 
     needs_per_task_grads: ClassVar[bool] = True
 
+    @abc.abstractmethod
     def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
         """(T, P) per-task shared gradients and (T,) global losses -> (combined (P,), head weights (T,), logs)."""
-        raise NotImplementedError
 
     def backward(
         self,
