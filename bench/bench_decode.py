@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyspng
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from PIL import Image
 
 from cxrmtl.data.imageio import PNG_DECODERS, read_gray
@@ -48,16 +49,6 @@ DECODERS: dict[str, Callable[[bytes], np.ndarray]] = {
     "OpenCV (cv2.imdecode IMREAD_UNCHANGED)": decode_cv2,
     "pyspng (pyspng.load)": decode_spng,
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_all(runners: dict[str, Callable[[], int]], rounds: int) -> dict[str, tuple[float, float]]:

@@ -18,24 +18,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 
 def _best_of(fn: Callable[[], object], repeat: int) -> float:
@@ -146,7 +135,7 @@ def main() -> None:
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     nproc = subprocess.run(["nproc", "--all"], capture_output=True, text=True).stdout.strip()
     print(f"command: `{' '.join(['python', *sys.argv])}` (OMP_NUM_THREADS={threads})  ")
-    print(f"machine: {nproc} cores, {_cpu_model()}; date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ")
+    print(f"machine: {nproc} cores, {cpu_model()}; date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ")
     print("taken under load (other jobs share the machine): read the ratios\n")
     print("| task | cxrmtl | baseline | baseline / cxrmtl |")
     print("|---|---|---|---|")

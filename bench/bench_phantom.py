@@ -15,19 +15,15 @@ import datetime as dt
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {256: 150.0, 1024: 15.0}
-
-
-def _cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
 
 
 def time_write(*, patients: int, size: int, workers: int) -> tuple[int, float]:
@@ -93,7 +89,7 @@ def main() -> None:
         "# Phantom generation speed",
         "",
         f"- command: `python {' '.join(sys.argv)}`",
-        f"- machine: {os.cpu_count()} cores (`nproc`), {_cpu()}; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {os.cpu_count()} cores (`nproc`), {cpu_model()}; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"- load average at the end: {os.getloadavg()[0]:.1f} (1 min). Wall-clock rates depend on other jobs; CPU ms",
         "  per image (own + worker processes: rendering, PNG and metadata) does not; `2 cores idle` = 2000 / that,",
         "  the rate two idle cores reach with 2 workers (worker processes share nothing, so they scale linearly).",

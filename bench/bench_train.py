@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 from PIL import Image
 
 from cxrmtl.config import apply_overrides, load_config
@@ -108,16 +108,6 @@ def time_bare(trainer: Trainer, steps: int) -> float:
         step(batch)
         count += batch["image"].shape[0]
     return count / (time.perf_counter() - start)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
