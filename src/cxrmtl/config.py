@@ -315,17 +315,21 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    cfg = apply_overrides(_parse(text, where=str(path)), overrides)
+    validate(cfg)
+    return cfg
+
+
+def _parse(text: str, *, where: str) -> Config:
+    """YAML text -> Config (not yet validated: overrides may still change it); errors name ``where``."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        raise ConfigError(f"{where}: invalid YAML ({exc})") from exc
     try:
-        cfg = from_dict(Config, data)
+        return from_dict(Config, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    cfg = apply_overrides(cfg, overrides)
-    validate(cfg)
-    return cfg
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def dump_config(cfg: Config) -> str:
@@ -335,14 +339,7 @@ def dump_config(cfg: Config) -> str:
 
 def config_from_yaml_text(text: str, *, where: str) -> Config:
     """Parse a saved config.yaml (e.g. in a run folder) back into a Config."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML ({exc})") from exc
-    try:
-        cfg = from_dict(Config, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+    cfg = _parse(text, where=where)
     validate(cfg)
     return cfg
 

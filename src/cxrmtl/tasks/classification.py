@@ -14,30 +14,30 @@ from cxrmtl.tasks.base import Task
 from cxrmtl.train.losses import masked_mean
 
 
+def _per_column(score: Callable[[np.ndarray, np.ndarray], float], pred: np.ndarray, target: np.ndarray,
+                mask: np.ndarray) -> np.ndarray:
+    """``score(y, p)`` of every column over its labelled rows; NaN where a column has only one class among them."""
+    out = np.full(pred.shape[1], np.nan, dtype=np.float64)
+    for j in range(pred.shape[1]):
+        keep = mask[:, j].astype(bool)
+        y = target[keep, j] > 0.5
+        if 0 < y.sum() < y.size:
+            out[j] = score(y, pred[keep, j])
+    return out
+
+
 def auroc_per_column(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """AUROC of every column over its labelled rows; NaN where a column has only one class among them."""
     from sklearn.metrics import roc_auc_score
 
-    out = np.full(pred.shape[1], np.nan, dtype=np.float64)
-    for j in range(pred.shape[1]):
-        keep = mask[:, j].astype(bool)
-        y = target[keep, j] > 0.5
-        if 0 < y.sum() < y.size:
-            out[j] = roc_auc_score(y, pred[keep, j])
-    return out
+    return _per_column(roc_auc_score, pred, target, mask)
 
 
 def average_precision_per_column(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Average precision (area under the precision-recall curve) per column; NaN without positives."""
+    """Average precision (area under the precision-recall curve) per column; NaN without both classes."""
     from sklearn.metrics import average_precision_score
 
-    out = np.full(pred.shape[1], np.nan, dtype=np.float64)
-    for j in range(pred.shape[1]):
-        keep = mask[:, j].astype(bool)
-        y = target[keep, j] > 0.5
-        if 0 < y.sum() < y.size:
-            out[j] = average_precision_score(y, pred[keep, j])
-    return out
+    return _per_column(average_precision_score, pred, target, mask)
 
 
 def nanmean(values: np.ndarray) -> float:
