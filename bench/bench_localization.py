@@ -59,7 +59,7 @@ def _heatmaps(size: int, n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def bench_boxes(size: int, n: int, repeat: int) -> tuple[str, float, float]:
-    from cxrmtl.eval.localization import heatmap_to_boxes
+    from cxrmtl.localize.localization import heatmap_to_boxes
 
     maps = _heatmaps(size, n)
     for m in maps:  # same boxes, same order up to sorting
@@ -73,8 +73,8 @@ def bench_boxes(size: int, n: int, repeat: int) -> tuple[str, float, float]:
 def bench_paired(n_images: int, n_resamples: int) -> tuple[str, float, float]:
     from sklearn.metrics import roc_auc_score
 
+    from cxrmtl.ablate.paired import paired_auroc_difference
     from cxrmtl.eval.bootstrap import PatientResampler
-    from cxrmtl.eval.paired import paired_auroc_difference
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, size=(n_images, 2))
@@ -103,7 +103,7 @@ def bench_gradcam(size: int, batch: int) -> tuple[str, float, float]:
     import torch
     from torch import nn
 
-    from cxrmtl.eval.cam import grad_cam
+    from cxrmtl.localize.cam import grad_cam
 
     class Net(nn.Module):
         def __init__(self) -> None:

@@ -28,7 +28,7 @@ TARGETS = {256: 150.0, 1024: 15.0}
 
 def time_write(*, patients: int, size: int, workers: int) -> tuple[int, float]:
     """Seconds to write a phantom of ``patients`` patients at ``size`` px; returns (images, seconds)."""
-    from cxrmtl.data.phantom import write_phantom
+    from cxrmtl.phantom.generate import write_phantom
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_phantom_"))
     try:
@@ -43,7 +43,7 @@ def time_pil_png(*, patients: int, size: int) -> tuple[int, float]:
     """Baseline writer: render in one process and save with Pillow's default PNG settings."""
     from PIL import Image
 
-    from cxrmtl.data.phantom import iter_rendered, sample_plan
+    from cxrmtl.phantom.generate import iter_rendered, sample_plan
 
     plan = sample_plan(patients=patients, seed=1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_phantom_pil_"))

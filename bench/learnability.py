@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_data(*, patients: int, size: int, seed: int, difficulty: float, label_noise: float, workers: int) -> dict:
     """Phantom plan and its images in memory."""
-    from cxrmtl.data.phantom import render_plan, sample_plan
+    from cxrmtl.phantom.generate import render_plan, sample_plan
 
     plan = sample_plan(patients=patients, seed=seed, prevalence="boosted", label_noise=label_noise)
     images = render_plan(plan, size=size, difficulty=difficulty, workers=workers)

@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
-from cxrmtl.data.phantom import render_study, single_plan
 from cxrmtl.labels import FINDINGS, PHANTOM_DEFAULT_DIFFICULTY
+from cxrmtl.phantom.generate import render_study, single_plan
 
 REPO = Path(__file__).resolve().parents[1]
 

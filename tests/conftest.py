@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Helpers shared by several test folders (trainkit: tiny runs; eval_synth: synthetic evaluation inputs).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "kit"))
 SHARED_NIH = (REPO_ROOT.parent / "shared" / "data" / "nih").resolve()
 
 

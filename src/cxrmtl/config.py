@@ -55,7 +55,7 @@ class TasksConfig:
     pos_weight: bool = False  # weight positives by training prevalence (neg/pos), per output unit
     pos_weight_max: float = 0.0  # cap for very rare classes (0 = no cap)
     loss_kwargs: dict[str, float] = field(default_factory=dict)  # e.g. gamma for focal, gamma_neg/clip for ASL
-    regression_loss: str = "huber"  # age: huber | smooth_l1 | l1 | mse (cxrmtl.train.losses)
+    regression_loss: str = "huber"  # age: huber | smooth_l1 | l1 | mse (cxrmtl.tasks.losses)
     regression_kwargs: dict[str, float] = field(default_factory=dict)
 
 

@@ -74,7 +74,7 @@ def _step(log: Callable[[str], None], number: int, text: str) -> None:
 
 def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None]) -> None:
     """Write the boosted-prevalence phantom unless a complete one is already there."""
-    from cxrmtl.data.phantom import write_phantom
+    from cxrmtl.phantom.generate import write_phantom
 
     if _phantom_done(data):
         log(f"phantom already in {data}: reused")
@@ -145,8 +145,8 @@ def _localization_sections(run: Path, *, cfg: Config, data: Path, cache: Path, l
     """Grad-CAM localisation against the phantom's boxes (Wang et al.'s protocol), as a report section."""
     from cxrmtl.data.cache import open_cache
     from cxrmtl.data.nih import load_index
-    from cxrmtl.eval.localize import localization_section, localize_run, write_outputs
     from cxrmtl.infer.predictor import load_run
+    from cxrmtl.localize.run import localization_section, localize_run, write_outputs
 
     loaded = load_run(run, which="best", device="cpu")
     index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)

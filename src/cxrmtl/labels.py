@@ -101,7 +101,7 @@ MAX_IMAGE_SIDE: int = 16_384
 MAX_IMAGE_PIXELS: int = 100_000_000
 MAX_IMAGE_BYTES: int = 512 * 1024 * 1024
 
-# --- Localisation and ablation (eval/localization.py, eval/ablation.py) -------------------------------------------
+# --- Localisation and ablation (localize/localization.py, ablate/ablation.py) -------------------------------------------
 # Wang et al. 2017 (ChestX-ray8, arXiv:1705.02315, Sec. 4 "B-Box generation"): the heatmap is normalised to
 # [0, 255] and binarised at 60 and at 180 separately; every connected region of either binary map becomes a box.
 LOC_HEATMAP_THRESHOLDS: tuple[int, ...] = (60, 180)
@@ -151,7 +151,7 @@ CACHE_SYNC_SECONDS: float = 1.0
 # Bytes re-hashed per read by `cache verify` (64 MiB keeps memory flat for any cache size).
 CACHE_VERIFY_BYTES: int = 64 * 1024 * 1024
 
-# --- Evaluation (eval/metrics.py ... eval/report.py, cxrmtl evaluate) ---------------------------------------------
+# --- Evaluation (eval/metrics.py ... report/render.py, cxrmtl evaluate) ---------------------------------------------
 # Bootstrap resamples by default: 1,000 percentile-interval draws (Efron & Tibshirani 1993, ch. 13, suggest >= 1,000
 # for percentile CIs); confidence level of all intervals.
 EVAL_BOOTSTRAP: int = 1000
@@ -177,7 +177,7 @@ EVAL_EXPERT_MAP: dict[str, tuple[str, ...]] = {
     "Airspace opacity": ("Consolidation", "Pneumonia", "Infiltration", "Atelectasis", "Edema"),
 }
 
-# --- Phantom (data/phantom.py; owner: phantom module) -------------------------------------------------------------
+# --- Phantom (phantom/generate.py; owner: phantom module) -------------------------------------------------------------
 # Defaults of `cxrmtl phantom`. Difficulty 0 = obvious lesions, 1 = invisible; at the default a ResNet-18 trained
 # 3 epochs from scratch at 128 px reaches mean AUROC 0.85, min 0.71 (bench/results/learnability.md): far from perfect.
 PHANTOM_DEFAULT_PATIENTS: int = 1_000

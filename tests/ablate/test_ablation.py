@@ -10,9 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrmtl import labels
-from cxrmtl.config import Config, from_dict
-from cxrmtl.errors import ConfigError, EvaluationError, RunError
-from cxrmtl.eval.ablation import (
+from cxrmtl.ablate.ablation import (
     ArmScores,
     RunRecord,
     Table,
@@ -21,7 +19,9 @@ from cxrmtl.eval.ablation import (
     seeded,
     summarise,
 )
-from cxrmtl.eval.ablation_report import ablation_markdown, ablation_section, verdict
+from cxrmtl.ablate.report import ablation_markdown, ablation_section, verdict
+from cxrmtl.config import Config, from_dict
+from cxrmtl.errors import ConfigError, EvaluationError, RunError
 
 
 def _config(**tasks: object) -> Config:

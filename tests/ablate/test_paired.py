@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from cxrmtl.ablate.paired import align_rows, macro_difference, paired_auroc_difference
 from cxrmtl.errors import EvaluationError
 from cxrmtl.eval.bootstrap import PatientResampler
-from cxrmtl.eval.paired import align_rows, macro_difference, paired_auroc_difference
 
 
 def _data(n: int = 120, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -4,21 +4,18 @@ match the training-time validation, and survive a save/load round trip."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from trainkit import tiny_config, write_tiny_nih
 
 from cxrmtl.data.cache import build_cache, open_cache
 from cxrmtl.data.nih import load_index
+from cxrmtl.distributed import DistContext
 from cxrmtl.errors import CheckpointError, RunError
 from cxrmtl.infer.predictor import Predictions, load_run, predict_split
-from cxrmtl.train.distributed import DistContext
 from cxrmtl.train.loop import train
 
 
@@ -83,7 +80,7 @@ def test_predictions_round_trip(trained: tuple[Path, Path, Path], tmp_path: Path
 
 
 def test_gather_drops_padding_duplicates() -> None:
-    from cxrmtl.train.distributed import gather_by_row
+    from cxrmtl.distributed import gather_by_row
 
     rows = np.array([5, 2, 9, 2])
     arrays = {"x": np.array([[50.0], [20.0], [90.0], [20.0]])}

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from cxrmtl import labels
+from cxrmtl.data.loader import normalize
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.cam import grad_cam, resolve_target_layer
-from cxrmtl.eval.localization import LocalizationCase, evaluate_localization, heatmap_to_boxes
-from cxrmtl.train.augment import normalize
+from cxrmtl.localize.cam import grad_cam, resolve_target_layer
+from cxrmtl.localize.localization import LocalizationCase, evaluate_localization, heatmap_to_boxes
 
 
 class BlobNet(nn.Module):

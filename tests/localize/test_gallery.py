@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.gallery import GREEN, RED, YELLOW, render_overlay, write_png
+from cxrmtl.localize.gallery import GREEN, RED, YELLOW, render_overlay, write_png
 
 
 def test_render_overlay_draws_boxes_in_their_colours() -> None:

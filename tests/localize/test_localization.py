@@ -8,7 +8,7 @@ import pytest
 
 from cxrmtl import labels
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.localization import (
+from cxrmtl.localize.localization import (
     LocalizationCase,
     accuracy_table,
     case_outcome,

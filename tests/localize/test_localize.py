@@ -21,7 +21,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(phantom root, cache folder, run folder): every boxed phantom image keeps its boxes (box_share 1)."""
-    from cxrmtl.data.phantom import write_phantom
+    from cxrmtl.phantom.generate import write_phantom
     from cxrmtl.train.loop import train
 
     base = tmp_path_factory.mktemp("loc")
@@ -41,9 +41,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
 def test_localize_run_scores_every_boxed_test_case_and_draws_the_gallery(tiny_run, tmp_path: Path) -> None:
     from cxrmtl.data.cache import open_cache
     from cxrmtl.data.nih import load_index
-    from cxrmtl.eval.localize import localize_run, write_outputs
-    from cxrmtl.eval.report import load_section
     from cxrmtl.infer.predictor import load_run
+    from cxrmtl.localize.run import localize_run, write_outputs
+    from cxrmtl.report.render import load_section
 
     root, cache_dir, run = tiny_run
     loaded = load_run(run)
@@ -91,7 +91,7 @@ def test_localize_command_writes_into_the_run(tiny_run) -> None:
 def test_pending_cases_follow_the_head_outputs(tiny_run) -> None:
     from cxrmtl.data.cache import open_cache
     from cxrmtl.data.nih import load_index
-    from cxrmtl.eval.localize import pending_cases
+    from cxrmtl.localize.run import pending_cases
 
     root, cache_dir, _ = tiny_run
     index, cache = load_index(root), open_cache(cache_dir)

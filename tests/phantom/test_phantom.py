@@ -1,4 +1,4 @@
-"""Tests of the built-in phantom (cxrmtl.data.phantom): statistics, layout, determinism, signatures, boxes."""
+"""Tests of the built-in phantom (cxrmtl.phantom.generate): statistics, layout, determinism, signatures, boxes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrmtl.data import phantom
 from cxrmtl.data.nih import load_index
-from cxrmtl.data.phantom_findings import REGISTRY
 from cxrmtl.errors import ConfigError, DataLayoutError
 from cxrmtl.labels import (
     BBOX_FINDINGS,
@@ -26,6 +24,8 @@ from cxrmtl.labels import (
     TEST_LIST,
     TRAIN_VAL_LIST,
 )
+from cxrmtl.phantom import generate as phantom
+from cxrmtl.phantom.findings import REGISTRY
 
 REPO = Path(__file__).resolve().parents[2]
 

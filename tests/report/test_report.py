@@ -14,9 +14,9 @@ from sklearn.metrics import roc_auc_score
 
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval import figures as F
 from cxrmtl.eval.evaluate import EvalOptions, Evaluation, evaluate_outputs, make_figures
-from cxrmtl.eval.report import (
+from cxrmtl.report import figures as F
+from cxrmtl.report.render import (
     Figure,
     ReportData,
     Section,

@@ -8,7 +8,7 @@ import pytest
 from eval_synth import make_split
 
 from cxrmtl.eval.evaluate import EvalOptions, evaluate_outputs, make_figures
-from cxrmtl.eval.report import ReportData, render_report, table_section
+from cxrmtl.report.render import ReportData, render_report, table_section
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrmtl.errors import ConfigError
-from cxrmtl.train.losses import (
+from cxrmtl.tasks.losses import (
     CLASSIFICATION_LOSSES,
     REGRESSION_LOSSES,
     build_classification_loss,

@@ -13,7 +13,7 @@ import torch
 from trainkit import REPO, cli_env, tiny_config, write_config
 
 from cxrmtl.errors import CheckpointError, RunError
-from cxrmtl.train.checkpoint import load_checkpoint, save_checkpoint
+from cxrmtl.runs.checkpoint import load_checkpoint, save_checkpoint
 from cxrmtl.train.loop import train
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from trainkit import REPO, cli_env, tiny_config, write_config
 
-from cxrmtl.train.checkpoint import load_checkpoint
+from cxrmtl.runs.checkpoint import load_checkpoint
 from cxrmtl.train.loop import train
 
 DDP_OVERRIDES = ("tasks.specs=[findings, abnormal, age, view]", "augment.enabled=false", "train.epochs=1",

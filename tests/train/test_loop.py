@@ -16,9 +16,10 @@ from trainkit import tiny_config, write_config
 from typer.testing import CliRunner
 
 from cxrmtl.config import AugmentConfig, OptimConfig, config_from_yaml_text
+from cxrmtl.data.loader import normalize
 from cxrmtl.errors import ConfigError
-from cxrmtl.train.augment import BatchAugment, affine_params, normalize, step_generator
-from cxrmtl.train.checkpoint import load_checkpoint
+from cxrmtl.runs.checkpoint import load_checkpoint
+from cxrmtl.train.augment import BatchAugment, affine_params, step_generator
 from cxrmtl.train.ema import ModelEMA
 from cxrmtl.train.loop import default_cache_dir, train
 from cxrmtl.train.optim import WarmupCosine, build_optimizer

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from cxrmtl import labels
+from cxrmtl.ablate.paired import PairedResult, macro_difference, paired_auroc_difference
 from cxrmtl.config import Config, to_dict
 from cxrmtl.errors import ConfigError, EvaluationError, RunError
 from cxrmtl.eval.metrics import auroc
-from cxrmtl.eval.paired import PairedResult, macro_difference, paired_auroc_difference
 from cxrmtl.version import code_version
 
 RUN_MARKER = "ablation_run.json"
@@ -213,8 +213,8 @@ def config_digest(cfg: Config) -> str:
 def run_variant(harness: Harness, variant: Variant, *, seed: int, max_steps: int | None) -> RunRecord:
     """Train and predict one (variant, seed) unless its record exists; return the record."""
     from cxrmtl.fsio import atomic_write_text
+    from cxrmtl.runs.layout import RunDir
     from cxrmtl.train.loop import train
-    from cxrmtl.train.run import RunDir
 
     run_dir = harness.run_dir(variant, seed)
     marker = run_dir / RUN_MARKER
@@ -479,7 +479,7 @@ class AblationOptions:
 
 def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every (variant, seed) not yet finished, compare, write OUT/ablation.json and OUT/ablation.md."""
-    from cxrmtl.eval.ablation_report import ablation_markdown, ablation_section
+    from cxrmtl.ablate.report import ablation_markdown, ablation_section
     from cxrmtl.fsio import atomic_write_text
 
     if options.seeds < 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cxrmtl.eval.report import Section, html_table, markdown_table
+from cxrmtl.report.render import Section, html_table, markdown_table
 
 ARCHITECTURE_ARMS: tuple[str, ...] = ("multitask", "findings_only", "single_task")
 

@@ -37,9 +37,9 @@ def ablate_command(
     overrides: list[str] = typer.Option([], "--set", help="Override a config field: dotted.key=value (repeatable)."),
 ) -> None:
     """Train the multitask model, findings-only and single-task models (and weightings) and compare them."""
+    from cxrmtl.ablate.ablation import AblationOptions, run_ablation
     from cxrmtl.config import load_config
     from cxrmtl.errors import ConfigError
-    from cxrmtl.eval.ablation import AblationOptions, run_ablation
 
     if device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"--device: {device!r} is not one of auto, cuda, cpu")
@@ -59,8 +59,8 @@ def ablate_command(
 
 def _phantom(root: Path, *, patients: int, seed: int, size: int) -> Path:
     """Write the phantom once; a complete one (its Data_Entry file exists, written last) is reused."""
-    from cxrmtl.data.phantom import DATA_ENTRY_FILE, write_phantom
     from cxrmtl.errors import DataLayoutError
+    from cxrmtl.phantom.generate import DATA_ENTRY_FILE, write_phantom
 
     if (root / DATA_ENTRY_FILE).is_file():
         return root

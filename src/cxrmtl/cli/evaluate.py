@@ -39,7 +39,7 @@ def evaluate_command(
 ) -> None:
     """Evaluate RUN on a split; write RUN/eval/<split>/{metrics.json,report.md,report.html} and RUN/thresholds.json."""
     from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
-    from cxrmtl.eval.report import load_section
+    from cxrmtl.report.render import load_section
 
     extra = [load_section(path) for path in sections]
     options = EvalOptions(n_bootstrap=bootstrap, seed=seed, target_sensitivity=target_sensitivity)

@@ -26,8 +26,8 @@ def localize_command(
     from cxrmtl.data.cache import build_cache, open_cache
     from cxrmtl.data.nih import load_index
     from cxrmtl.errors import ConfigError
-    from cxrmtl.eval.localize import localize_run, write_outputs
     from cxrmtl.infer.predictor import load_run
+    from cxrmtl.localize.run import localize_run, write_outputs
     from cxrmtl.train.loop import default_cache_dir
 
     if split not in labels.SPLITS:

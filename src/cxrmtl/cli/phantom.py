@@ -41,7 +41,7 @@ def phantom(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Write Data_Entry_2017.csv, images_0XX/images/*.png, train_val_list.txt, test_list.txt, BBox_List_2017.csv."""
-    from cxrmtl.data.phantom import write_phantom
+    from cxrmtl.phantom.generate import write_phantom
 
     report = write_phantom(
         out, patients=patients, size=size, seed=seed, difficulty=difficulty, label_noise=label_noise,

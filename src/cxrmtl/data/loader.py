@@ -207,3 +207,8 @@ def make_loader(
         raise ConfigError(f"batch_size: {batch_size} with drop_last leaves no full batch of the "
                           f"{loader._per_rank()} '{split}' samples on each of {world_size} rank(s)")
     return loader
+
+
+def normalize(images: torch.Tensor, *, mean: float, std: float) -> torch.Tensor:
+    """uint8 (B, 1, H, W) -> float32 ``(x / 255 - mean) / std``: the one normalisation of training and inference."""
+    return (images.float() / 255.0 - mean) / std

@@ -359,7 +359,7 @@ def _binary_outputs(ev: SplitOutputs) -> TaskOutputs | None:
 
 def make_figures(ev: SplitOutputs, evaluation: Evaluation, *, log_path: Path | None, n_bins: int) -> list[object]:
     """ROC, PR and reliability grids for the findings, a ROC grid for other binary outputs, training curves."""
-    from cxrmtl.eval import figures as F
+    from cxrmtl.report import figures as F
 
     figs = []
     findings = ev.findings()
@@ -420,10 +420,10 @@ def evaluate_run(
     from cxrmtl.data.cache import build_cache, open_cache
     from cxrmtl.data.nih import load_index
     from cxrmtl.eval.expert import find_google_labels, load_google_labels
-    from cxrmtl.eval.report import ReportData, render_report
     from cxrmtl.eval.thresholds import save_thresholds
     from cxrmtl.fsio import write_json_atomic
     from cxrmtl.infer.predictor import load_run
+    from cxrmtl.report.render import ReportData, render_report
     from cxrmtl.train.loop import default_cache_dir
     from cxrmtl.version import code_version
 

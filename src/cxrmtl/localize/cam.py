@@ -83,7 +83,7 @@ def grad_cam(
 ) -> np.ndarray:
     """Grad-CAM maps (B, H, W) in [0, 1] at the input size; row b explains ``model(x)[task][b, columns[b]]``.
 
-    ``images`` is the float input the network expects (``train.augment.normalize`` of the uint8 cache pixels, with
+    ``images`` is the float input the network expects (``data.loader.normalize`` of the uint8 cache pixels, with
     the run's ``data.pixel_mean``/``pixel_std``). Each map is min-max scaled by
     pytorch-grad-cam; a map that is zero everywhere means the gradient had no positive evidence.
     """

@@ -1,6 +1,6 @@
 """Weakly supervised localisation scored the way Wang et al. 2017 (ChestX-ray8, arXiv:1705.02315) scored it.
 
-A class heatmap (Grad-CAM, see ``eval/cam.py``) becomes boxes: normalise it to [0, 255], binarise it at each of
+A class heatmap (Grad-CAM, see ``localize/cam.py``) becomes boxes: normalise it to [0, 255], binarise it at each of
 ``labels.LOC_HEATMAP_THRESHOLDS`` (Wang's 60 and 180), and put a box around every 8-connected region of each binary
 map. A predicted box is correct when its overlap with a ground-truth box of the same finding on the same image is
 strictly above T, the overlap being IoBB (intersection over the predicted box's area, Wang's measure) or IoU.

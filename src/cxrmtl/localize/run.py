@@ -21,7 +21,7 @@ import pandas as pd
 
 from cxrmtl import labels
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.localization import (
+from cxrmtl.localize.localization import (
     LocalizationCase,
     accuracy_rows,
     accuracy_table,
@@ -115,8 +115,8 @@ def localize_run(
     """Grad-CAM, boxes and Wang-style scores for every boxed image of ``split``; PNGs into ``gallery_dir``."""
     import torch
 
-    from cxrmtl.eval.cam import grad_cam
-    from cxrmtl.train.augment import normalize
+    from cxrmtl.data.loader import normalize
+    from cxrmtl.localize.cam import grad_cam
 
     if batch_size < 1:
         raise EvaluationError(f"batch_size: must be at least 1, got {batch_size}")
@@ -153,7 +153,7 @@ class _Gallery:
         wanted = [k for k, test in GALLERY_KINDS.items() if test(hit, fp) and len(self.files[k]) < self.per_kind]
         if not wanted:
             return
-        from cxrmtl.eval.gallery import render_overlay, write_png
+        from cxrmtl.localize.gallery import render_overlay, write_png
 
         matched = iobb(case.pred, case.gt).max(axis=1) > labels.LOC_GALLERY_IOBB if len(case.pred) else []
         picture = render_overlay(image, heat, gt=case.gt, pred=case.pred, matched=list(matched),
@@ -207,7 +207,7 @@ def localization_section(result: LocalizationResult, *, gallery_dir: Path | None
     """The localisation as a report Section, with the first ``per_kind`` gallery pictures of each kind."""
     import html
 
-    from cxrmtl.eval.report import Figure, Section, html_table
+    from cxrmtl.report.render import Figure, Section, html_table
 
     markdown = localization_markdown(result).split("\n", 2)[2]  # drop the top-level heading
     intro = markdown.split("\n\n## ")[0]

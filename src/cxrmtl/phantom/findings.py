@@ -14,8 +14,8 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from cxrmtl.data.phantom_anatomy import Chest, ChestParams, blur, grid, smooth_noise
 from cxrmtl.labels import FINDINGS
+from cxrmtl.phantom.anatomy import Chest, ChestParams, blur, grid, smooth_noise
 
 Box = tuple[float, float, float, float]
 

@@ -24,8 +24,6 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxrmtl.data import phantom_anatomy as anatomy
-from cxrmtl.data.phantom_findings import REGISTRY
 from cxrmtl.errors import ConfigError, DataLayoutError
 from cxrmtl.fsio import atomic_write_text
 from cxrmtl.labels import (
@@ -46,6 +44,8 @@ from cxrmtl.labels import (
     TRAIN_VAL_LIST,
     VIEW_CODES,
 )
+from cxrmtl.phantom import anatomy
+from cxrmtl.phantom.findings import REGISTRY
 from cxrmtl.version import code_version
 
 DATA_ENTRY_FILE = "Data_Entry_2017.csv"

@@ -16,7 +16,7 @@ import numpy as np
 
 from cxrmtl.eval.calibration import apply_temperature, reliability
 from cxrmtl.eval.evaluate import TaskOutputs
-from cxrmtl.eval.report import Figure
+from cxrmtl.report.render import Figure
 
 _DPI = 80  # small, crisp enough on screen; keeps report.html around 1 MB
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")

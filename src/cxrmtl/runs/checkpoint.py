@@ -24,7 +24,7 @@ import torch
 from cxrmtl.config import Config, config_from_yaml_text, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
 from cxrmtl.fsio import fsync_dir
-from cxrmtl.train import run as rundir
+from cxrmtl.runs import layout as rundir
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS: tuple[str, ...] = ("format", "model", "config", "labels", "epoch", "batch_in_epoch", "step")

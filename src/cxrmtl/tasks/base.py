@@ -112,7 +112,7 @@ def build_tasks(
     ``compute_pos_weights``), each task slices its own columns. Unknown specs, duplicates or options raise
     ConfigError.
     """
-    from cxrmtl.train.losses import build_classification_loss, build_regression_loss
+    from cxrmtl.tasks.losses import build_classification_loss, build_regression_loss
 
     if isinstance(specs, str) or not specs:
         raise ConfigError(f"tasks: expected a non-empty list of task names, got {specs!r}")

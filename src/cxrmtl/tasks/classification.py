@@ -11,7 +11,7 @@ from torch import Tensor
 
 from cxrmtl.errors import ConfigError
 from cxrmtl.tasks.base import Task
-from cxrmtl.train.losses import masked_mean
+from cxrmtl.tasks.losses import masked_mean
 
 
 def _per_column(score: Callable[[np.ndarray, np.ndarray], float], pred: np.ndarray, target: np.ndarray,

@@ -13,7 +13,7 @@ from cxrmtl.errors import ConfigError
 from cxrmtl.labels import AGE_PRIOR_YEARS, AGE_SCALE
 from cxrmtl.tasks.base import Task, register_task
 from cxrmtl.tasks.classification import check_metric_inputs
-from cxrmtl.train.losses import masked_mean
+from cxrmtl.tasks.losses import masked_mean
 
 
 class AgeTask(Task):

@@ -19,11 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cxrmtl.config import AugmentConfig
-
-
-def normalize(images: Tensor, *, mean: float, std: float) -> Tensor:
-    """uint8 (B, 1, H, W) -> float32 ``(x / 255 - mean) / std`` (docs/architecture.md, data/loader.py)."""
-    return (images.float() / 255.0 - mean) / std
+from cxrmtl.data.loader import normalize
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator) -> Tensor:

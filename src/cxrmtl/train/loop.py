@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrmtl import distributed as dist_utils
 from cxrmtl.config import Config, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
-from cxrmtl.train import checkpoint as ckpt
-from cxrmtl.train import distributed as dist_utils
+from cxrmtl.runs import checkpoint as ckpt
+from cxrmtl.runs.layout import RunDir, label_map
 from cxrmtl.train.augment import BatchAugment, step_generator
 from cxrmtl.train.build import build_model, build_tasks_for, train_pos_weight
 from cxrmtl.train.ema import ModelEMA
 from cxrmtl.train.optim import build_optimizer, build_scheduler
-from cxrmtl.train.run import RunDir, label_map
 from cxrmtl.version import code_version
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -394,7 +394,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Metrics on the val split (EMA weights when enabled), gathered over ranks without padding duplicates."""
-        from cxrmtl.infer.predictor import predict_batches
+        from cxrmtl.runs.predictions import predict_batches
 
         model = self.ema.module if self.ema else self.model
         preds = predict_batches(model, self.tasks, self.val_loader, device=self.ctx.device,
