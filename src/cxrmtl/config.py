@@ -107,6 +107,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | fp16 | off
     ema_decay: float = 0.0  # 0 disables the weight EMA
     checkpoint_every: int = 500  # optimizer steps between mid-epoch checkpoints (0 = only at epoch ends)
+    checkpoint_minutes: float = 10.0  # also save last.pt when this long has passed since the last save (0 = never)
     select_metric: str = "auto"  # "val/<task>/<metric>", or auto = the first task's primary metric
     select_mode: str = "auto"  # auto (from the task's higher_is_better) | max | min
     early_stop_patience: int = 0  # epochs without improvement before stopping (0 = never)
@@ -372,6 +373,7 @@ _CHECKS: tuple[tuple[str, Any, str], ...] = (
     ("train.amp", lambda c: c.train.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
     ("train.ema_decay", lambda c: 0.0 <= c.train.ema_decay < 1.0, "must be in [0, 1)"),
     ("train.checkpoint_every", lambda c: c.train.checkpoint_every >= 0, "must be >= 0"),
+    ("train.checkpoint_minutes", lambda c: c.train.checkpoint_minutes >= 0, "must be >= 0"),
     ("train.select_mode", lambda c: c.train.select_mode in SELECT_MODES, f"must be one of {', '.join(SELECT_MODES)}"),
     ("train.early_stop_patience", lambda c: c.train.early_stop_patience >= 0, "must be >= 0"),
     ("train.log_every", lambda c: c.train.log_every >= 0, "must be >= 0"),

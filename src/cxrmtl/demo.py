@@ -8,6 +8,7 @@ re-evaluates.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from cxrmtl.config import Config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "resources" / "configs"
+log_info = logging.getLogger(__name__).info
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,13 @@ def demo_config(plan: DemoPlan, *, extra: tuple[str, ...] = ()) -> Config:
 
 
 def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = "auto",
-             log: Callable[[str], None] = print) -> DemoResult:
+             log: Callable[[str], None] = log_info) -> DemoResult:
     """Run the whole demo into ``out`` and return where the results are."""
-    from cxrmtl.data.cache import build_cache
-    from cxrmtl.data.nih import load_index
+    import dataclasses
+
     from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
+    from cxrmtl.runs.data import open_run_data
+    from cxrmtl.runs.layout import RunDir
     from cxrmtl.train.loop import format_summary, train
 
     start = time.perf_counter()
@@ -117,20 +121,20 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
 
     cfg = demo_config(plan)
     _step(log, 2, f"preprocessing cache ({cfg.data.image_size} px)")
-    index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
-    cache_report = build_cache(index, cache, size=cfg.data.image_size, workers=workers, progress=True)
-    log(f"cache: {cache_report.count} images, {cache_report.ok} readable, {len(cache_report.failed)} unreadable, "
-        f"{cache_report.size} px, {cache_report.seconds:.1f} s -> {cache}")
+    view = open_run_data(data=dataclasses.replace(cfg.data, cache_workers=workers), data_root=data,
+                         cache_dir=cache).cache
+    readable = int(view.ok.sum())
+    log(f"cache: {len(view)} images, {readable} readable, {len(view) - readable} unreadable, {view.size} px -> {cache}")
 
     _step(log, 3, f"multitask training ({cfg.model.backbone}, tasks {', '.join(cfg.tasks.specs)})")
-    resume = (run / "checkpoints" / "last.pt").is_file()
+    resume = RunDir(run).has_run()  # a rerun continues (from step 0 when killed before the first checkpoint)
     summary = train(cfg, data_root=data, out=run, cache_dir=cache, resume=resume, device=device)
     table = format_summary(summary)
     log(table)
 
     _step(log, 4, "evaluation on the test split (patient bootstrap CIs, calibration, subgroups, localisation)")
-    sections = _localization_sections(run, cfg=cfg, data=data, cache=cache, log=log)
-    result = evaluate_run(run, data_root=data, split="test", cache_dir=cache, data_kind="phantom",
+    sections = _localization_sections(run, cfg=cfg, log=log)
+    result = evaluate_run(run, split="test", data_kind="phantom",
                           options=EvalOptions(n_bootstrap=plan.bootstrap), device="cpu", sections=sections)
 
     _step(log, 5, "summary")
@@ -141,17 +145,16 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
                       seconds=seconds)
 
 
-def _localization_sections(run: Path, *, cfg: Config, data: Path, cache: Path, log: Callable[[str], None]) -> list:
+def _localization_sections(run: Path, *, cfg: Config, log: Callable[[str], None]) -> list:
     """Grad-CAM localisation against the phantom's boxes (Wang et al.'s protocol), as a report section."""
-    from cxrmtl.data.cache import open_cache
-    from cxrmtl.data.nih import load_index
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.localize.run import localization_section, localize_run, write_outputs
+    from cxrmtl.runs.data import open_run_data
 
     loaded = load_run(run, which="best", device="cpu")
-    index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+    rd = open_run_data(run, data=cfg.data)  # the data and cache RUN/data.json records
     out_dir = run / "eval" / "test" / "localization"
-    result = localize_run(loaded, open_cache(cache), index, split="test", gallery_dir=out_dir / "gallery")
+    result = localize_run(loaded, rd.cache, rd.index, split="test", gallery_dir=out_dir / "gallery")
     if not result.cases:
         log("localisation: no boxed test images; section left out")
         return []

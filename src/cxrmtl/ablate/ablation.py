@@ -254,12 +254,7 @@ def _predict(harness: Harness, run_dir: Path) -> tuple[int, float, int]:
 
 def prepare_cache(harness: Harness, cfg: Config) -> None:
     """Build (or finish) the shared cache once up front, so no variant's training time includes decoding images."""
-    from cxrmtl.data.cache import build_cache
-    from cxrmtl.data.nih import load_index
-
-    index = load_index(harness.data_root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
-    build_cache(index, harness.cache_dir, size=cfg.data.image_size, workers=cfg.data.cache_workers or None,
-                progress=False)
+    _data(harness, cfg)
 
 
 def _device(device: str) -> str:
@@ -269,14 +264,13 @@ def _device(device: str) -> str:
 
 
 def _data(harness: Harness, cfg: Config) -> tuple[Any, Any]:
-    """(NIHIndex, CacheView) for the run's split settings, built once per harness and setting."""
-    from cxrmtl.data.cache import open_cache
-    from cxrmtl.data.nih import load_index
+    """(NIHIndex, CacheView) for the run's split settings, opened (the cache built if missing) once per setting."""
+    from cxrmtl.runs.data import open_run_data
 
     key = (cfg.data.val_fraction, cfg.data.split_seed)
     if key not in harness.memo:
-        index = load_index(harness.data_root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
-        harness.memo[key] = (index, open_cache(harness.cache_dir))
+        rd = open_run_data(data=cfg.data, data_root=harness.data_root, cache_dir=harness.cache_dir)
+        harness.memo[key] = (rd.index, rd.cache)
     return harness.memo[key]
 
 

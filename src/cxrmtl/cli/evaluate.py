@@ -1,4 +1,4 @@
-"""``cxrmtl evaluate RUN --data ROOT``: metrics with CIs, operating points, calibration, subgroups and the report."""
+"""``cxrmtl evaluate RUN``: metrics with CIs, operating points, calibration, subgroups and the report."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ ORDER = 50
 
 def evaluate_command(
     run: Path = typer.Argument(..., help="Run folder made by `cxrmtl train`."),
-    data: Path = typer.Option(..., "--data", help="NIH-layout folder the run was trained on (real or phantom)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="NIH-layout folder to evaluate on. Default: the run's own (RUN/data.json)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate: test or val."),
     bootstrap: int = typer.Option(
         L.EVAL_BOOTSTRAP, "--bootstrap", min=1, help="Patient-level bootstrap resamples for the CIs."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap draws."),
-    cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache (default: the one `train` uses)."),
+    cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache. Default: the run's (RUN/data.json)."),
+    allow_data_mismatch: bool = typer.Option(
+        False, "--allow-data-mismatch", help="Evaluate on --data other than the run's on purpose (RUN/thresholds.json "
+        "is then left as it was)."),
     which: str = typer.Option("best", "--checkpoint", help="Checkpoint to evaluate: best or last."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
@@ -38,14 +42,17 @@ def evaluate_command(
     ),
 ) -> None:
     """Evaluate RUN on a split; write RUN/eval/<split>/{metrics.json,report.md,report.html} and RUN/thresholds.json."""
+    from cxrmtl.cli._logging import configure_logging
     from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
     from cxrmtl.report.render import load_section
+
+    configure_logging()
 
     extra = [load_section(path) for path in sections]
     options = EvalOptions(n_bootstrap=bootstrap, seed=seed, target_sensitivity=target_sensitivity)
     result = evaluate_run(run, data_root=data, split=split, cache_dir=cache, options=options, which=which,
                           device=device, batch_size=batch_size, expert_labels=expert, data_kind=data_kind,
-                          sections=extra, figures=figures)
+                          sections=extra, figures=figures, allow_data_mismatch=allow_data_mismatch)
     mean = result.evaluation.metrics["findings"].get("auroc_mean") or {}
     if mean.get("value") is not None:
         low, high = mean.get("low"), mean.get("high")

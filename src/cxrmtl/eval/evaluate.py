@@ -8,6 +8,7 @@ values are None, never NaN.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from cxrmtl.eval.metrics import mean_absolute_error
 from cxrmtl.eval.subgroups import subgroup_auroc
 from cxrmtl.eval.thresholds import Thresholds, choose_thresholds, operating_metrics
 
+log = logging.getLogger(__name__)
 METRICS_SCHEMA = 1
 CLASSIFICATION_KINDS = ("multilabel", "binary")
 REGRESSION_KINDS = ("regression",)
@@ -401,7 +403,7 @@ def _predict(loaded: object, cache: object, index: object, split: str, batch_siz
 def evaluate_run(
     run: Path,
     *,
-    data_root: Path,
+    data_root: Path | None = None,
     split: str = "test",
     cache_dir: Path | None = None,
     options: EvalOptions | None = None,
@@ -412,19 +414,20 @@ def evaluate_run(
     data_kind: str = "auto",
     sections: Sequence[object] = (),
     figures: bool = True,
+    allow_data_mismatch: bool = False,
 ) -> RunEvaluation:
     """Predict ``split`` and val with the run's model, evaluate, write RUN/eval/<split>/ and RUN/thresholds.json.
 
     ``figures=False`` skips the matplotlib figures (the slowest part on a small split) for a quick numbers-only look.
+    ``data_root`` / ``cache_dir`` default to RUN/data.json; other data is refused unless ``allow_data_mismatch``, and
+    thresholds fitted on it do not replace RUN/thresholds.json (they go to RUN/eval/<split>/thresholds.json).
     """
-    from cxrmtl.data.cache import build_cache, open_cache
-    from cxrmtl.data.nih import load_index
     from cxrmtl.eval.expert import find_google_labels, load_google_labels
     from cxrmtl.eval.thresholds import save_thresholds
     from cxrmtl.fsio import write_json_atomic
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.report.render import ReportData, render_report
-    from cxrmtl.train.loop import default_cache_dir
+    from cxrmtl.runs.data import open_run_data
     from cxrmtl.version import code_version
 
     if split not in ("test", "val"):
@@ -434,11 +437,9 @@ def evaluate_run(
     options = options or EvalOptions()
     run = Path(run)
     loaded = load_run(run, which=which, device=device)
-    d = loaded.config.data
-    index = load_index(data_root, val_fraction=d.val_fraction, split_seed=d.split_seed)
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_root=data_root, out=run, size=d.image_size)
-    build_cache(index, cache_dir, size=d.image_size, progress=False)
-    cache = open_cache(cache_dir)
+    rd = open_run_data(run, data=loaded.config.data, data_root=data_root, cache_dir=cache_dir,
+                       allow_data_mismatch=allow_data_mismatch)
+    index, cache, data_root = rd.index, rd.cache, Path(rd.record.data_root)
     ev = _predict(loaded, cache, index, split, batch_size)
     if ev is None:
         raise EvaluationError(f"split {split}: no readable images of this split in {data_root}")
@@ -452,20 +453,31 @@ def evaluate_run(
         "run": str(run), "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch, "step": loaded.step,
         "code_version": code_version(), "created": _now(),
         "data": {"root": str(Path(data_root).resolve()), "kind": kind, "n_index_images": len(index),
-                 "expert_labels": str(expert_path) if expert_path else None},
+                 "expert_labels": str(expert_path) if expert_path else None,
+                 "fingerprint": rd.record.fingerprint, "matches_run": rd.matches_run},
     }
     evaluation = evaluate_outputs(ev, val=val, expert=expert, options=options, info=info)
     out_dir = run / "eval" / split
     metrics_path = write_json_atomic(out_dir / "metrics.json", evaluation.metrics)
     thresholds_path = None
     if evaluation.thresholds is not None:
-        thresholds_path = save_thresholds(run, evaluation.thresholds, code_version=info["code_version"])
+        thresholds_path = save_thresholds(run if rd.matches_run else out_dir, evaluation.thresholds,
+                                          code_version=info["code_version"], data=_fitted_on(rd, "val"))
+        if not rd.matches_run:
+            log.warning("%s: thresholds fitted on other data than the run's; written to %s, RUN/thresholds.json "
+                        "left as it was", data_root, thresholds_path)
     figs = make_figures(ev, evaluation, log_path=run / "log.jsonl", n_bins=options.n_bins) if figures else []
     title = f"cxrmtl evaluation: {run.name} ({split})"
     paths = render_report(ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title), out_dir=out_dir,
                           sections=list(sections))
     return RunEvaluation(out_dir=out_dir, metrics_path=metrics_path, report_md=paths.markdown,
                          report_html=paths.html, thresholds_path=thresholds_path, evaluation=evaluation)
+
+
+def _fitted_on(rd: object, split: str) -> dict[str, object]:
+    """What thresholds.json records about the data its thresholds were fitted on."""
+    return {"root": rd.record.data_root, "fingerprint": rd.record.fingerprint, "split": split,
+            "kind": rd.record.data_kind}
 
 
 def _now() -> str:

@@ -1,8 +1,9 @@
 """Checkpoints (atomic save, checked load) and ``load_run``: a finished run folder -> model ready for inference.
 
 A checkpoint is a plain dict saved with ``torch.save`` and read with ``weights_only=True`` (no arbitrary pickle):
-model, optimizer, scheduler, scaler, EMA and weighting states, RNG states (python, numpy, torch, CUDA), the loop
-position (epoch, batch within the epoch, global step), the resolved config, the label map and the code version.
+model, optimizer, scheduler, scaler, EMA and weighting states, the loop position (epoch, batch within the epoch,
+global step), the resolved config, the label map and the code version. No RNG state: every random draw of a step
+comes from generators seeded by (seed, step, rank) (train/process.py), so a resume needs none and changes none.
 Saving writes a temporary file in the same folder, fsyncs it and renames it over the old one, so a crash at any
 moment leaves either the old or the new checkpoint, never half of one. Loading refuses a corrupt, truncated or
 mismatched checkpoint with a CheckpointError: a resume never silently starts fresh.
@@ -10,20 +11,19 @@ mismatched checkpoint with a CheckpointError: a resume never silently starts fre
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cxrmtl.config import Config, config_from_yaml_text, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
-from cxrmtl.fsio import fsync_dir
+from cxrmtl.fsio import format_bytes, free_bytes, fsync_dir
 from cxrmtl.runs import layout as rundir
 
 FORMAT_VERSION = 1
@@ -31,24 +31,55 @@ REQUIRED_KEYS: tuple[str, ...] = ("format", "model", "config", "labels", "epoch"
 # Config fields a resumed run may change: they do not alter the computation of the steps already taken.
 RESUME_MUTABLE: frozenset[str] = frozenset(
     {"train.epochs", "train.max_steps", "train.progress", "train.cpu_threads", "train.early_stop_patience",
-     "data.num_workers", "data.cache_workers"}
+     "train.checkpoint_every", "train.checkpoint_minutes", "data.num_workers", "data.cache_workers"}
 )
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file + fsync + os.replace + directory fsync)."""
+    """Write ``state`` to ``path`` atomically (temporary file + fsync + os.replace + directory fsync).
+
+    A failed write (full disk, I/O error) removes its temporary file, leaves the previous checkpoint as it was and
+    raises CheckpointError saying what was needed and what was free.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # RunDir.remove_temp_files clears one a kill left
     try:
         with open(tmp, "wb") as fh:
-            torch.save(dict(state, format=FORMAT_VERSION), fh)
+            _write_state(fh, dict(state, format=FORMAT_VERSION))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise CheckpointError(_write_failure(path, state, exc)) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def _write_state(fh: Any, state: dict[str, Any]) -> None:
+    torch.save(state, fh)
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: what its file needs, give or take the pickle framing."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, Mapping):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def _write_failure(path: Path, state: Mapping[str, Any], exc: OSError) -> str:
+    kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = free_bytes(path.parent)
+        room = f", {format_bytes(free)} free" if free is not None else ""
+        return (f"{path}: disk full while saving the checkpoint (needs about {format_bytes(state_nbytes(state))}"
+                f"{room}); {kept}; free some space and resume with --resume")
+    return f"{path}: cannot write the checkpoint ({exc.strerror or exc}); {kept}"
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -91,36 +122,6 @@ def check_compatible(state: Mapping[str, Any], cfg: Config, labels: Mapping[str,
     saved_labels = {k: list(v) for k, v in state["labels"].items()}
     if saved_labels != {k: list(v) for k, v in labels.items()}:
         raise CheckpointError(f"{path}: label map {saved_labels} does not match this run's tasks {dict(labels)}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# RNG states, stored as tensors and plain values so weights_only loading accepts them
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) generator states."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what ``rng_state`` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    keys = np_state["keys"].numpy().astype(np.uint32)
-    np.random.set_state((np_state["kind"], keys, np_state["pos"], np_state["has_gauss"], np_state["cached"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # ---------------------------------------------------------------------------------------------------------------
