@@ -197,3 +197,17 @@ def test_cli_resume_of_a_finished_run_exits_0_and_shows_epoch_lines(tiny_nih: Pa
     assert again.returncode == 0, again.stderr
     assert f"{run}: already finished at step 14 (epoch 2); nothing to do" in again.stderr
     assert len(_records(run, "end")) == 1
+
+
+def test_bad_out_and_missing_data_are_one_line_errors(tiny_nih: Path, tmp_path: Path) -> None:
+    from cxrmtl.errors import ConfigError, RunError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunError, match="exists and is not a directory"):
+        train(tiny_config(*SHORT), data_root=tiny_nih, out=blocker, device="cpu")
+    with pytest.raises(RunError, match=r"file/run: cannot create the run folder \(Not a directory\)"):
+        train(tiny_config(*SHORT), data_root=tiny_nih, out=blocker / "run", device="cpu")
+    with pytest.raises(ConfigError, match="--data: needed to start a run"):
+        train(tiny_config(*SHORT), out=tmp_path / "new", device="cpu")
+    assert not (tmp_path / "new").exists()

@@ -583,6 +583,8 @@ def train(
     holds RUN/.run.lock: a second ``train`` on the same folder fails at once with RunError naming the holder. The
     caller's process-wide state (determinism flags, thread count, random states) is the same after it returns.
     """
+    if data_root is None and not resume:
+        raise ConfigError("--data: needed to start a run (a --resume reads it from RUN/data.json)")
     ctx = dist_utils.init_distributed(device=device)
     try:
         with training_process_state(cfg.train), run_lock(Path(out), ctx):
