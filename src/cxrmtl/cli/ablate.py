@@ -38,9 +38,11 @@ def ablate_command(
 ) -> None:
     """Train the multitask model, findings-only and single-task models (and weightings) and compare them."""
     from cxrmtl.ablate.ablation import AblationOptions, run_ablation
+    from cxrmtl.cli._logging import configure_logging
     from cxrmtl.config import load_config
     from cxrmtl.errors import ConfigError
 
+    configure_logging()
     if device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"--device: {device!r} is not one of auto, cuda, cpu")
     cfg = load_config(config, overrides)

@@ -19,8 +19,10 @@ def demo_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cuda or cpu."),
 ) -> None:
     """Phantom -> cache -> multitask training -> evaluation -> report, ending with the summary and report path."""
+    from cxrmtl.cli._logging import configure_logging
     from cxrmtl.demo import run_demo
 
+    configure_logging()
     run_demo(out=out, quick=quick, workers=workers, device=device, log=typer.echo)
 
 
