@@ -101,7 +101,8 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
     """Run the whole demo into ``out`` and return where the results are."""
     from cxrmtl.data.cache import build_cache
     from cxrmtl.data.nih import load_index
-    from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
+    from cxrmtl.eval.evaluate import EvalOptions
+    from cxrmtl.report.evaluation import evaluate_run
     from cxrmtl.train.loop import format_summary, train
 
     start = time.perf_counter()

@@ -11,8 +11,9 @@ from PIL import Image
 
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.evaluate import EvalOptions, detect_data_kind, evaluate_run
+from cxrmtl.eval.evaluate import EvalOptions, detect_data_kind
 from cxrmtl.eval.thresholds import load_thresholds
+from cxrmtl.report.evaluation import evaluate_run
 from cxrmtl.report.render import load_section, table_section
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

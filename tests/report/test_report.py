@@ -14,8 +14,9 @@ from sklearn.metrics import roc_auc_score
 
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.evaluate import EvalOptions, Evaluation, evaluate_outputs, make_figures
+from cxrmtl.eval.evaluate import EvalOptions, Evaluation, evaluate_outputs
 from cxrmtl.report import figures as F
+from cxrmtl.report.evaluation import make_figures
 from cxrmtl.report.render import (
     Figure,
     ReportData,
