@@ -174,7 +174,7 @@ WHICH_CHECKPOINTS: dict[str, str] = {"best": rundir.BEST_CHECKPOINT, "last": run
 
 def load_run(run: str | Path, *, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the model of ``run`` from its config and load ``which`` checkpoint (EMA weights when saved)."""
-    from cxrmtl.train.build import build_model, build_tasks_for
+    from cxrmtl.runs.build import build_model, build_tasks_for
 
     run = Path(run)
     if which not in WHICH_CHECKPOINTS:
