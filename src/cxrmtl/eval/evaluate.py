@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,6 +61,7 @@ class SplitOutputs:
     patient_ids: np.ndarray  # (N,)
     metadata: pd.DataFrame  # N rows; columns sex, age, view (NIHIndex.table codes) where known
     tasks: dict[str, TaskOutputs] = field(default_factory=dict)
+    rows: np.ndarray | None = None  # (N,) NIHIndex rows of the images, when they come from an index
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -303,20 +303,6 @@ def _findings_doc(
 
 
 # ---------------------------------------------------------------------------------------------- run-level helpers
-# Files whose presence in a data folder marks it as a synthetic phantom (written by `cxrmtl phantom` or by hand).
-PHANTOM_MARKERS: tuple[str, ...] = ("PHANTOM", "PHANTOM.txt", "phantom.json", ".cxrmtl-phantom")
-DATA_KINDS: tuple[str, ...] = ("auto", "nih", "phantom", "subset")
-
-
-def detect_data_kind(root: Path, *, n_images: int, n_test: int) -> str:
-    """"phantom" when a marker file is present, "nih" for the complete release (112,120 images, 25,596 in the
-    official test list, FACTS.md), otherwise "subset": any other NIH-layout folder, never compared with papers."""
-    if any((Path(root) / name).exists() for name in PHANTOM_MARKERS):
-        return "phantom"
-    full = n_images == L.NIH_NUM_IMAGES and n_test == L.NIH_SPLIT_COUNTS["test"][0]
-    return "nih" if full else "subset"
-
-
 def split_outputs(preds: object, tasks: Sequence[object], table: pd.DataFrame) -> SplitOutputs:
     """SplitOutputs from a ``cxrmtl.infer.predictor.Predictions`` and the NIHIndex table (for names, metadata)."""
     rows = np.asarray(preds.rows)
@@ -332,4 +318,4 @@ def split_outputs(preds: object, tasks: Sequence[object], table: pd.DataFrame) -
         )
     images = table["image"].to_numpy()[rows]
     return SplitOutputs(split=preds.split, images=images, patient_ids=np.asarray(preds.patient_ids), metadata=meta,
-                        tasks=outs)
+                        tasks=outs, rows=rows)

@@ -57,3 +57,5 @@ SWINCHEX2022 = Published(
 )
 
 PUBLISHED: tuple[Published, ...] = (WANG2017, CHEXNET2017, SWINCHEX2022)
+# The papers' means average all 14 findings.
+PUBLISHED_FINDINGS: tuple[str, ...] = L.FINDINGS

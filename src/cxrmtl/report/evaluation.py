@@ -14,14 +14,13 @@ import numpy as np
 
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError
+from cxrmtl.eval.datakind import DATA_KINDS, describe_data
 from cxrmtl.eval.evaluate import (
     CLASSIFICATION_KINDS,
-    DATA_KINDS,
     EvalOptions,
     Evaluation,
     SplitOutputs,
     TaskOutputs,
-    detect_data_kind,
     evaluate_outputs,
     split_outputs,
 )
@@ -136,15 +135,14 @@ def evaluate_run(
     if ev is None:
         raise EvaluationError(f"split {split}: no readable images of this split in {data_root}")
     val = ev if split == "val" else _predict(loaded, cache, index, "val", batch_size)
-    kind = data_kind if data_kind != "auto" else detect_data_kind(
-        data_root, n_images=len(index), n_test=len(index.rows("test")))
+    data = describe_data(index, ev.rows, data_root, kind=data_kind)
     # Phantom images reuse NIH file names: expert labels of real images would be matched to synthetic ones.
-    expert_path = None if kind == "phantom" else find_google_labels(data_root, expert_labels)
+    expert_path = None if data.kind == "phantom" else find_google_labels(data_root, expert_labels)
     expert = load_google_labels(expert_path) if expert_path is not None else None
     info = {
         "run": str(run), "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch, "step": loaded.step,
         "code_version": code_version(), "created": _now(),
-        "data": {"root": str(Path(data_root).resolve()), "kind": kind, "n_index_images": len(index),
+        "data": {"root": str(Path(data_root).resolve()), **data.to_json(), "n_index_images": len(index),
                  "expert_labels": str(expert_path) if expert_path else None},
     }
     evaluation = evaluate_outputs(ev, val=val, expert=expert, options=options, info=info)
