@@ -1,7 +1,8 @@
 """Published per-finding AUROC on NIH ChestX-ray14, for the comparison table of the report.
 
 Split matters: "official" = the official NIH train_val/test split; "random" = the authors' own random patient
-split. Numbers from different splits are never comparable (FACTS.md). Finding order follows labels.FINDINGS.
+split. Numbers from different splits are never comparable. Finding order follows labels.FINDINGS. Each entry cites
+its paper; docs/published.md lists the same sources for readers.
 """
 
 from __future__ import annotations

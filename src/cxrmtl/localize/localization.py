@@ -201,8 +201,8 @@ def image_sizes(table: pd.DataFrame, images: Iterable[str]) -> dict[str, tuple[i
     """(width, height) of each image file, read from its header: the frame BBox_List_2017.csv boxes are drawn in.
 
     Not ``orig_width``/``orig_height``: those are the sizes before NIH downsampled the images to 1024 x 1024 (e.g.
-    2992 x 2991), while the boxes are in the 1024 x 1024 PNG (FACTS.md); the phantom's boxes likewise are in its
-    written images. Images whose file is missing are left out.
+    2992 x 2991), while the boxes are in the 1024 x 1024 PNG (NIH release, BBox_List_2017.csv; Wang et al. 2017);
+    the phantom's boxes likewise are in its written images. Images whose file is missing are left out.
     """
     from cxrmtl.data.imageio import probe_image
 

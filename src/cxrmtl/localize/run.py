@@ -1,11 +1,13 @@
 """Localisation of a trained run: Grad-CAM on every boxed image of a split, Wang et al.'s scoring, a PNG gallery.
 
 For each (image, finding) with a ground-truth box (``NIHIndex.boxes``, mapped into the cache image) the findings
-head's output for that finding is explained with Grad-CAM (``eval.cam``); its heatmap becomes boxes and the cases are
-scored at every T(IoBB) and T(IoU) (``eval.localization``). The gallery keeps the first cases, in image-name order,
-of each kind at T(IoBB) = ``labels.LOC_GALLERY_IOBB``: true positives (a predicted box hits a true box), false
-positives (a predicted box hits nothing) and misses (no predicted box hits); one case can be both a hit and carry a
-false positive. Cases are processed in batches and drawn as they come, so memory does not grow with the split.
+head's output for that finding is explained with Grad-CAM (``localize.cam``); its heatmap becomes boxes and the
+cases are scored at every T(IoBB) and T(IoU) (``localize.localization``). The gallery keeps the first cases, in
+image-name order, of each kind at T(IoBB) = ``labels.LOC_GALLERY_IOBB``: true positives (a predicted box hits a true
+box), false positives (a predicted box hits nothing) and misses (no predicted box hits); one case can be both a hit
+and carry a false positive. Cases are processed in batches and drawn as they come, so memory does not grow with the
+split. Every output carries the data description of ``eval.datakind`` (phantom / subset banner; Wang et al.'s
+numbers only beside the complete official test split).
 """
 
 from __future__ import annotations
