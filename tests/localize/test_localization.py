@@ -226,8 +226,8 @@ def test_to_cache_boxes_clips_to_the_centre_square_and_drops_outside_boxes() -> 
     assert mapped.tolist() == [[15, 0, 20, 10], [45, 0, 5, 10]]  # first and last lie outside; third is clipped
 
 
-def test_ground_truth_boxes_on_real_bbox_list(nih_shared) -> None:
-    bbox = pd.read_csv(nih_shared / "BBox_List_2017.csv.gz")
+def test_ground_truth_boxes_on_real_bbox_list(nih_file) -> None:
+    bbox = pd.read_csv(nih_file("BBox_List_2017.csv"))
     coords = bbox.iloc[:, 2:6].to_numpy(dtype=float)
     boxes = pd.DataFrame({
         "image": bbox["Image Index"],
@@ -237,9 +237,9 @@ def test_ground_truth_boxes_on_real_bbox_list(nih_shared) -> None:
         "w": coords[:, 2],
         "h": coords[:, 3],
     })
-    # Boxes are in the 1024 x 1024 PNGs (FACTS.md), whatever OriginalImage[Width,Height] says.
+    # Boxes are in the 1024 x 1024 PNGs (NIH release), whatever OriginalImage[Width,Height] says.
     gt = ground_truth_boxes(boxes, dict.fromkeys(boxes["image"], (1024, 1024)), size=224)
-    assert sum(len(v) for v in gt.values()) == 984  # FACTS.md: 984 boxes on 880 images
+    assert sum(len(v) for v in gt.values()) == 984  # NIH release: 984 boxes on 880 images
     assert len({image for image, _ in gt}) == 880
     assert {finding for _, finding in gt} == set(labels.BBOX_FINDINGS)
     allboxes = np.concatenate(list(gt.values()))
