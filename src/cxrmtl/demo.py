@@ -101,7 +101,8 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
     """Run the whole demo into ``out`` and return where the results are."""
     from cxrmtl.data.cache import build_cache
     from cxrmtl.data.nih import load_index
-    from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
+    from cxrmtl.eval.evaluate import EvalOptions
+    from cxrmtl.report.evaluation import evaluate_run
     from cxrmtl.train.loop import format_summary, train
 
     start = time.perf_counter()
@@ -169,9 +170,13 @@ def _ci_cell(entry: dict | None) -> tuple[str, str]:
 
 def _headline(metrics: dict) -> str:
     """A short table: mean AUROC over the findings, then each auxiliary output's primary number (metrics.json)."""
+    from cxrmtl.report.render import mean_label
+
     lines = ["| task | metric | value | 95% CI |", "|---|---|---|---|"]
-    value, ci = _ci_cell((metrics.get("findings") or {}).get("auroc_mean"))
-    lines.append(f"| findings (mean of 14) | AUROC | {value} | {ci} |")
+    findings = metrics.get("findings") or {}
+    value, ci = _ci_cell(findings.get("auroc_mean"))
+    lines.append(f"| findings ({mean_label(findings.get('auroc_mean'), findings.get('names', []))}) | AUROC | "
+                 f"{value} | {ci} |")
     for task, entry in metrics.get("tasks", {}).items():
         if entry.get("kind") == "multilabel":
             continue

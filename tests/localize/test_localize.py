@@ -69,7 +69,8 @@ def test_localize_run_scores_every_boxed_test_case_and_draws_the_gallery(tiny_ru
     assert doc["cases"] == len(expected) and doc["heatmap_thresholds"] == [60, 180]
     section = load_section(paths["section"])
     assert section.title == "Localisation (Grad-CAM)" and len(section.figures) >= 1 and "<table" in section.html
-    assert "Wang 2017 @0.5" in paths["markdown"].read_text()
+    text = paths["markdown"].read_text()  # the phantom folder is detected: banner, no paper column beside ours
+    assert "> **PHANTOM DATA" in text and "Wang 2017 @0.5" not in text and doc["data"]["kind"] == "phantom"
 
 
 def test_localize_command_writes_into_the_run(tiny_run) -> None:

@@ -38,7 +38,8 @@ def evaluate_command(
     ),
 ) -> None:
     """Evaluate RUN on a split; write RUN/eval/<split>/{metrics.json,report.md,report.html} and RUN/thresholds.json."""
-    from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
+    from cxrmtl.eval.evaluate import EvalOptions
+    from cxrmtl.report.evaluation import evaluate_run
     from cxrmtl.report.render import load_section
 
     extra = [load_section(path) for path in sections]

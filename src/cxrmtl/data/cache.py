@@ -576,7 +576,7 @@ def _safe_results(jobs: list[_Job], images_path: str, size: int, workers: int) -
 
 
 def _results(jobs: list[_Job], images_path: str, size: int, workers: int) -> Iterator[_Result]:
-    """Run the jobs in this process (one worker) or in a pool of fresh ``spawn`` processes, yielding as they end."""
+    """Run the jobs in this process (one worker) or in a process pool (``_start_method``), yielding as they end."""
     if workers == 1 or len(jobs) == 1:
         _worker_init_local()
         for job in jobs:

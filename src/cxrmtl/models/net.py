@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from torch import Tensor, nn
 
 from cxrmtl.errors import ConfigError
 from cxrmtl.models.backbone import create_backbone
-from cxrmtl.tasks.base import Task
+
+
+class HeadSpec(Protocol):
+    """What the network needs from a task (``cxrmtl.tasks.base.Task`` has it): models sit below tasks."""
+
+    name: str
+    output_names: Sequence[str]
+
+    @property
+    def out_dim(self) -> int: ...
+
+    def init_head(self, head: nn.Linear) -> None: ...
 
 
 def head_key(task_name: str) -> str:
@@ -28,7 +40,7 @@ class MultiTaskNet(nn.Module):
         self,
         *,
         backbone: str,
-        tasks: Sequence[Task],
+        tasks: Sequence[HeadSpec],
         pretrained: bool | str | Path = False,
         drop_rate: float = 0.0,
     ) -> None:

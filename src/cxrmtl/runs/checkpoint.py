@@ -136,7 +136,6 @@ class LoadedRun:
     tasks: list[Any]
     model: torch.nn.Module
     labels: dict[str, list[str]]
-    thresholds: dict[str, Any] | None
     checkpoint: Path
     epoch: int
     step: int
@@ -155,26 +154,12 @@ def read_run_config(run: Path) -> Config:
         raise RunError(str(exc)) from exc
 
 
-def read_thresholds(run: Path) -> dict[str, Any] | None:
-    """RUN/thresholds.json (written by evaluation) or None."""
-    path = Path(run) / rundir.THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: unreadable thresholds file ({exc})") from exc
-    if not isinstance(data, dict):
-        raise RunError(f"{path}: expected a JSON object")
-    return data
-
-
 WHICH_CHECKPOINTS: dict[str, str] = {"best": rundir.BEST_CHECKPOINT, "last": rundir.LAST_CHECKPOINT}
 
 
 def load_run(run: str | Path, *, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the model of ``run`` from its config and load ``which`` checkpoint (EMA weights when saved)."""
-    from cxrmtl.train.build import build_model, build_tasks_for
+    from cxrmtl.runs.build import build_model, build_tasks_for
 
     run = Path(run)
     if which not in WHICH_CHECKPOINTS:
@@ -192,6 +177,6 @@ def load_run(run: str | Path, *, which: str = "best", device: str | torch.device
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model of {run / rundir.CONFIG_FILE} ({exc})") from exc
     model.to(device).eval()
-    return LoadedRun(run=run, config=cfg, tasks=tasks, model=model, labels=labels, thresholds=read_thresholds(run),
+    return LoadedRun(run=run, config=cfg, tasks=tasks, model=model, labels=labels,
                      checkpoint=path, epoch=int(state["epoch"]), step=int(state["step"]),
                      metrics=dict(state.get("metrics") or {}), device=torch.device(device))

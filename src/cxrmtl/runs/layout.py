@@ -8,7 +8,7 @@ Layout (docs/architecture.md, docs/training.md)::
     RUN/log.jsonl        one JSON object per logged event (step records, epoch summaries)
     RUN/tb/              TensorBoard scalars
     RUN/checkpoints/     last.pt (resume), best.pt (selected model)
-    RUN/thresholds.json  written later by evaluation (operating points); load_run exposes it when present
+    RUN/thresholds.json  written later by evaluation (operating points); read only by eval.thresholds.load_thresholds
 
 A folder that already holds a run is never overwritten silently: a fresh start there is refused, ``--resume``
 continues it after checking that the saved config matches.

@@ -28,9 +28,9 @@ from cxrmtl import distributed as dist_utils
 from cxrmtl.config import Config, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
 from cxrmtl.runs import checkpoint as ckpt
+from cxrmtl.runs.build import build_model, build_tasks_for, train_pos_weight
 from cxrmtl.runs.layout import RunDir, label_map
 from cxrmtl.train.augment import BatchAugment, step_generator
-from cxrmtl.train.build import build_model, build_tasks_for, train_pos_weight
 from cxrmtl.train.ema import ModelEMA
 from cxrmtl.train.optim import build_optimizer, build_scheduler
 from cxrmtl.version import code_version
