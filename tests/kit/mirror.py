@@ -35,6 +35,8 @@ class Knobs:
     drop_after: dict[str, int] = field(default_factory=dict)  # name -> bytes sent before closing (once)
     corrupt: dict[str, int] = field(default_factory=dict)  # name -> how many GETs get a damaged copy
     status: dict[str, list[int]] = field(default_factory=dict)  # name -> statuses answered first (then the file)
+    stall_after: dict[str, int] = field(default_factory=dict)  # name -> bytes sent before waiting for `release`
+    release: threading.Event = field(default_factory=threading.Event)  # set it to end every stall (then close)
     ignore_range: bool = False
     redirect: bool = False  # /NAME answers 302 -> /files/NAME
 
@@ -181,7 +183,14 @@ class MirrorServer:
                 self.end_headers()
                 if head:
                     return
-                cut = None if head else server._take(server.knobs.drop_after, name)
+                stall = server._take(server.knobs.stall_after, name)
+                if stall is not None:  # a transfer in progress, e.g. for a client to be killed during it
+                    self.wfile.write(body[: int(stall)])
+                    self.wfile.flush()
+                    server.knobs.release.wait(30)
+                    self.close_connection = True
+                    return
+                cut = server._take(server.knobs.drop_after, name)
                 if cut is not None:
                     self.wfile.write(body[: int(cut)])
                     self.wfile.flush()

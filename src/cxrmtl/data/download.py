@@ -212,7 +212,7 @@ class _Bars:
 
         self._tqdm = tqdm
         self.enabled = enabled
-        self.overall = tqdm(total=0, unit="B", unit_scale=True, desc="total", disable=not enabled, position=0)
+        self.overall: Any = None  # created with the first transfer, so that a refusal prints no empty bar
         self._slots = list(range(jobs, 0, -1))
         self._lock = threading.Lock()
 
@@ -231,11 +231,19 @@ class _Bars:
 
     def add_total(self, nbytes: int) -> None:
         with self._lock:
+            if self.overall is None:
+                self.overall = self._tqdm(total=0, unit="B", unit_scale=True, desc="total", position=0,
+                                          disable=not self.enabled)
             self.overall.total = (self.overall.total or 0) + nbytes
             self.overall.refresh()
 
+    def advance(self, nbytes: int) -> None:
+        if self.overall is not None:
+            self.overall.update(nbytes)
+
     def close(self) -> None:
-        self.overall.close()
+        if self.overall is not None:
+            self.overall.close()
 
 
 # ------------------------------------------------------------------------------------------------ low-level I/O
@@ -263,6 +271,13 @@ def _writing(path: Path, mode: str, *, what: Path) -> Iterator[Any]:
         raise
     try:
         fh.close()
+    except OSError as exc:
+        raise write_error(what, exc) from exc
+
+
+def _flush(fh: Any, *, what: Path) -> None:
+    try:
+        fh.flush()
     except OSError as exc:
         raise write_error(what, exc) from exc
 
@@ -624,13 +639,14 @@ class _Job:
             self.bars.add_total((total or 0) - start)
             written = start
             with _writing(part, mode, what=part) as fh, self.bars.file(f.name, total, initial=start) as bar:
-                while block := resp.read(CHUNK_BYTES):
+                while block := resp.read1(CHUNK_BYTES):  # what has arrived: a kill loses little
                     if self.stop.is_set():
                         raise _Cancelled(f.name)
                     _write_chunk(fh, block, what=part)
+                    _flush(fh, what=part)  # the bytes reach the OS now: a killed process keeps them for a resume
                     written += len(block)
                     bar.update(len(block))
-                    self.bars.overall.update(len(block))
+                    self.bars.advance(len(block))
                     with self.lock:
                         self.report.bytes_transferred += len(block)
         if total is not None and written != total:
