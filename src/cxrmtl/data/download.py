@@ -35,6 +35,7 @@ import errno
 import gzip
 import hashlib
 import http.client
+import json
 import logging
 import os
 import shutil
@@ -176,8 +177,6 @@ class _Manifest:
         self.doc: dict[str, Any] = {"schema": MANIFEST_SCHEMA, "files": {}}
         if path.is_file():
             try:
-                import json
-
                 doc = json.loads(path.read_text())
                 if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
                     raise ValueError("no 'files' mapping")
@@ -702,8 +701,9 @@ class _Job:
             os.sync()  # the images must be on disk before the manifest says they are
         fsync_dir(images)
         if skipped:
-            self.report.notes.append(f"{f.name}: ignored {len(skipped)} member(s) outside images/ "
-                                     f"(e.g. {skipped[0]!r})")
+            with self.lock:
+                self.report.notes.append(f"{f.name}: ignored {len(skipped)} member(s) outside images/ "
+                                         f"(e.g. {skipped[0]!r})")
         text = "".join(f"{name}\t{size}\n" for name, size in members)
         try:
             atomic_write_text(self._members_file(f.name), text)
