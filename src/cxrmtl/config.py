@@ -40,6 +40,7 @@ class ModelConfig:
 
     backbone: str = "densenet121"
     pretrained: bool | str = False
+    allow_random_init: bool = False  # pretrained weights asked for but unavailable: random init instead of an error
     drop_rate: float = 0.0
     channels_last: bool = True
     compile: bool = False

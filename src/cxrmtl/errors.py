@@ -39,3 +39,12 @@ class RunError(CxrmtlError):
 # --- localize/localization.py, localize/cam.py, ablate/paired.py, ablate/ablation.py ----------------------------------
 class EvaluationError(CxrmtlError):
     """Evaluation inputs do not fit together (heatmap, boxes, predictions, labels); the message names the field."""
+
+
+# --- data/download.py, models/backbone.py (pretrained initialisation) ------------------------------------------------
+class DownloadError(CxrmtlError):
+    """Fetching or unpacking the NIH release failed (network, disk, damaged or unsafe archive); names the file."""
+
+
+class PretrainedWeightsError(ConfigError):
+    """``model.pretrained`` asks for weights that cannot be obtained, and random init was not allowed."""

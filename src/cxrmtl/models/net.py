@@ -43,6 +43,7 @@ class MultiTaskNet(nn.Module):
         tasks: Sequence[HeadSpec],
         pretrained: bool | str | Path = False,
         drop_rate: float = 0.0,
+        allow_random_init: bool = False,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -50,7 +51,7 @@ class MultiTaskNet(nn.Module):
         if not 0.0 <= drop_rate < 1.0:
             raise ConfigError(f"model.drop_rate: must be in [0, 1), got {drop_rate}")
         self.backbone_name = backbone
-        self.backbone = create_backbone(backbone, pretrained=pretrained)
+        self.backbone = create_backbone(backbone, pretrained=pretrained, allow_random_init=allow_random_init)
         self.num_features = int(self.backbone.num_features)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.task_names: tuple[str, ...] = tuple(t.name for t in tasks)

@@ -115,6 +115,7 @@ def evaluate_run(
     from cxrmtl.eval.thresholds import save_thresholds
     from cxrmtl.fsio import write_json_atomic
     from cxrmtl.infer.predictor import load_run
+    from cxrmtl.report.model_card import MODEL_CARD_FILE, write_model_card
     from cxrmtl.report.render import ReportData, render_report
     from cxrmtl.train.loop import default_cache_dir
     from cxrmtl.version import code_version
@@ -155,6 +156,7 @@ def evaluate_run(
     title = f"cxrmtl evaluation: {run.name} ({split})"
     paths = render_report(ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title), out_dir=out_dir,
                           sections=list(sections))
+    write_model_card(run, evaluation.metrics, out=out_dir / MODEL_CARD_FILE, config=loaded.config)
     return RunEvaluation(out_dir=out_dir, metrics_path=metrics_path, report_md=paths.markdown,
                          report_html=paths.html, thresholds_path=thresholds_path, evaluation=evaluation)
 

@@ -31,7 +31,7 @@ REQUIRED_KEYS: tuple[str, ...] = ("format", "model", "config", "labels", "epoch"
 # Config fields a resumed run may change: they do not alter the computation of the steps already taken.
 RESUME_MUTABLE: frozenset[str] = frozenset(
     {"train.epochs", "train.max_steps", "train.progress", "train.cpu_threads", "train.early_stop_patience",
-     "data.num_workers", "data.cache_workers"}
+     "data.num_workers", "data.cache_workers", "model.allow_random_init"}
 )
 
 

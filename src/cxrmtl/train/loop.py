@@ -126,6 +126,11 @@ class Trainer:
                            "--out")
         if self.resume and not self.run.last.is_file():
             raise CheckpointError(f"{self.run.last}: nothing to resume (no checkpoint in {self.run.path})")
+        if not self.resume:  # a missing weights file or no way to timm's weights fails now, not after the cache
+            from cxrmtl.models import pretrained_source
+
+            m = self.cfg.model
+            pretrained_source(m.backbone, m.pretrained, allow_random_init=m.allow_random_init)
 
     def _check_batch(self) -> None:
         if self.cfg.train.batch_size % self.ctx.world_size:
@@ -172,7 +177,7 @@ class Trainer:
         cfg, dev = self.cfg, self.ctx.device
         self.tasks = build_tasks_for(cfg, pos_weight=train_pos_weight(cfg, self.index))
         self.labels = label_map(self.tasks)
-        model = build_model(cfg, self.tasks)
+        model = build_model(cfg, self.tasks, pretrained=False if self.resume else None)  # resume: checkpoint weights
         if cfg.model.sync_bn and self.ctx.distributed:
             if dev.type != "cuda":
                 raise ConfigError("model.sync_bn: torch's SyncBatchNorm runs on CUDA only; turn it off on CPU")
