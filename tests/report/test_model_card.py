@@ -10,8 +10,8 @@ from trainkit import tiny_config, write_tiny_nih
 
 from cxrmtl.config import Config, apply_overrides
 from cxrmtl.eval.evaluate import EvalOptions, evaluate_outputs
-from cxrmtl.report.evaluation import evaluate_run
 from cxrmtl.labels import FINDINGS
+from cxrmtl.report.evaluation import evaluate_run
 from cxrmtl.report.model_card import MODEL_CARD_FILE, model_card_markdown, write_model_card
 
 
@@ -32,7 +32,8 @@ def test_evaluate_writes_a_phantom_model_card(phantom_run: tuple[Path, Path]) ->
     card = (result.out_dir / MODEL_CARD_FILE).read_text()
     lines = card.splitlines()
     assert lines[0] == f"# Model card: {run.name}"
-    assert lines[2].startswith("> **PHANTOM DATA") and "not comparable to published numbers" in lines[2]  # banner on top
+    assert lines[2].startswith("> **PHANTOM DATA")  # the banner, at the top
+    assert "not comparable to published numbers" in lines[2]
     assert "## Intended use" in card and "**not a diagnosis**" in card
     assert "PHANTOM (synthetic images), test split" in card and "built-in PHANTOM" in card
     table = card[card.index("## Results per finding"):card.index("## Calibration")]
