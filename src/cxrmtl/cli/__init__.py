@@ -28,9 +28,10 @@ PROG = "cxrmtl"
 USAGE_EXIT = 2  # README: every user mistake exits 2 with one line on stderr
 INTERRUPT_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 # OS errors a user causes (where they point --out, how full their disk is) rather than a bug in cxrmtl.
+_EDQUOT = getattr(errno, "EDQUOT", -1)  # not defined on every platform
 USER_OS_ERRORS: dict[int, str] = {
     errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
+    _EDQUOT: "disk quota exceeded",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.EROFS: "read-only file system",
@@ -102,23 +103,12 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _is_click_error(exc: BaseException) -> bool:
-    """True for click's or typer's own copy of click's ``ClickException`` (typer 0.29 vendors click as
-    ``typer._click``, so ``isinstance(exc, click.ClickException)`` no longer matches); checked by class name
-    along the hierarchy so either copy, and a future typer that goes back to click, is recognised."""
-    return any(cls.__name__ == "ClickException" and cls.__module__.split(".")[0] in ("click", "typer")
-               for cls in type(exc).__mro__)
-
-
-def _is_exit(exc: BaseException) -> bool:
-    """typer.Exit or click's Exit: a requested exit status (``--help`` and ``--version`` end this way)."""
-    return any(cls.__name__ == "Exit" and cls.__module__.split(".")[0] in ("click", "typer")
-               for cls in type(exc).__mro__) and isinstance(getattr(exc, "exit_code", None), int)
-
-
-def _is_abort(exc: BaseException) -> bool:
-    return any(cls.__name__ == "Abort" and cls.__module__.split(".")[0] in ("click", "typer")
-               for cls in type(exc).__mro__)
+def _is_click(exc: BaseException, name: str) -> bool:
+    """True when ``exc`` derives from click's class ``name`` (ClickException, Exit, Abort), in click itself or in
+    typer's vendored copy: typer 0.29 ships click as ``typer._click``, so ``isinstance(exc, click.ClickException)``
+    no longer matches (what let every usage error escape as a traceback). Matching by class name along the
+    hierarchy recognises either copy, and a future typer that goes back to click."""
+    return any(cls.__name__ == name and cls.__module__.split(".")[0] in ("click", "typer") for cls in type(exc).__mro__)
 
 
 def click_message(exc: BaseException) -> str:
@@ -142,7 +132,7 @@ def os_error_message(exc: OSError) -> str | None:
         return None
     name = exc.filename if exc.filename is not None else exc.filename2
     where = f"{os.fsdecode(name)}: " if name is not None else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and name is not None:
+    if exc.errno in (errno.ENOSPC, _EDQUOT) and name is not None:
         from cxrmtl.fsio import free_space_note
 
         reason += free_space_note(os.fsdecode(name))
@@ -171,11 +161,11 @@ def _handle(exc: BaseException) -> None:
     if isinstance(exc, KeyboardInterrupt):
         typer.secho("interrupted", err=True)
         sys.exit(INTERRUPT_EXIT)
-    if _is_exit(exc):
-        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-    if _is_abort(exc):
+    if _is_click(exc, "Exit"):  # --help and --version end this way
+        sys.exit(getattr(exc, "exit_code", 0))
+    if _is_click(exc, "Abort"):
         _fail("aborted", 1)
-    if _is_click_error(exc):
+    if _is_click(exc, "ClickException"):
         if type(exc).__name__ == "NoArgsIsHelpError":
             _no_args_help(exc)
         _fail(click_message(exc))
