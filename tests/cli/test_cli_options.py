@@ -19,7 +19,8 @@ def choices(alias: object) -> tuple[str, ...]:
 
 
 def test_choice_lists_match_the_library_registries() -> None:
-    from cxrmtl.eval.evaluate import DATA_KINDS
+    from cxrmtl.ablate.ablation import COMPARE_SPLITS
+    from cxrmtl.eval.datakind import DATA_KINDS
     from cxrmtl.runs.checkpoint import WHICH_CHECKPOINTS
     from cxrmtl.train.weighting import WEIGHTINGS
 
@@ -28,7 +29,7 @@ def test_choice_lists_match_the_library_registries() -> None:
     assert choices(_options.DataKind) == DATA_KINDS
     assert choices(_options.Prevalence) == labels.PHANTOM_PREVALENCE_MODES
     assert choices(_options.Split) == labels.SPLITS
-    assert set(choices(_options.EvalSplit)) <= set(labels.SPLITS)
+    assert set(choices(_options.EvalSplit)) == set(COMPARE_SPLITS) and set(COMPARE_SPLITS) <= set(labels.SPLITS)
     assert set(WEIGHTING_CHOICES) - {_options.ALL} <= set(WEIGHTINGS)
 
 

@@ -47,6 +47,7 @@ USAGE_MISTAKES: list[tuple[str, list[str], str]] = [
     ("localize-bad-device", ["localize", "{root}", "--data", "{root}", "--device", "tpu"], "--device"),
     ("localize-negative-gallery", ["localize", "{root}", "--data", "{root}", "--gallery", "-1"], "--gallery"),
     ("ablate-missing-out", ["ablate", "{cfg}"], "--out"),
+    ("ablate-train-split", ["ablate", "{cfg}", "--out", "{root}/a", "--split", "train"], "--split"),
     ("ablate-unknown-weighting", ["ablate", "{cfg}", "--out", "{root}/a", "--weightings", "equal,magic"], "magic"),
     ("demo-bad-device", ["demo", "--device", "gpu"], "--device"),
     ("demo-zero-workers", ["demo", "--workers", "0"], "--workers"),

@@ -3,7 +3,7 @@
 Choice options are ``Literal`` types, so typer lists the values in ``--help`` and refuses anything else with a
 one-line usage error. The values come from the library's registries where those are cheap to import (``labels``);
 where importing the owner would load torch or pandas on every ``--help`` (the device names in
-``cxrmtl.distributed``, the data kinds in ``cxrmtl.eval.evaluate``, the weighting registry in
+``cxrmtl.distributed``, the data kinds in ``cxrmtl.eval.datakind`` (numpy), the weighting registry in
 ``cxrmtl.train.weighting``) the list is written here and ``tests/cli/test_cli_options.py`` keeps it equal to the
 registry.
 """
@@ -20,7 +20,7 @@ Device = Literal["auto", "cpu", "cuda"]  # == cxrmtl.distributed.DEVICES
 Checkpoint = Literal["best", "last"]  # == cxrmtl.runs.checkpoint: the two files a run keeps
 Split = Literal[labels.SPLITS]  # type: ignore[valid-type]
 EvalSplit = Literal["test", "val"]  # evaluate: thresholds are fitted on val, so train is never a report split
-DataKind = Literal["auto", "nih", "phantom", "subset"]  # == cxrmtl.eval.evaluate.DATA_KINDS
+DataKind = Literal["auto", "nih", "phantom", "subset"]  # == cxrmtl.eval.datakind.DATA_KINDS
 Prevalence = Literal[labels.PHANTOM_PREVALENCE_MODES]  # type: ignore[valid-type]
 ALL = "all"  # --weightings all
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from cxrmtl import labels
-from cxrmtl.cli._options import ALL, Device, Split, device_option
+from cxrmtl.cli._options import ALL, Device, EvalSplit, device_option
 
 ORDER = 58  # after localize (55); predict takes 60
 WEIGHTING_CHOICES: tuple[str, ...] = (*labels.ABLATION_WEIGHTINGS, ALL)
@@ -41,7 +41,8 @@ def ablate_command(
         [], "--weightings", metavar=f"[{'|'.join(WEIGHTING_CHOICES)}],...",
         help="Also compare these loss weightings (comma list or repeated; all = every one)."),
     findings: str | None = typer.Option(None, "--findings", help="Restrict to these findings (comma list)."),
-    split: Split = typer.Option("test", "--split", help="Split the models are compared on."),
+    split: EvalSplit = typer.Option(
+        "test", "--split", help="Split the models are compared on (val is labelled as such; train is never used)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Patient-level bootstrap resamples."),
     device: Device = device_option(),
     phantom_patients: int = typer.Option(
