@@ -72,7 +72,8 @@ def _step(log: Callable[[str], None], number: int, text: str) -> None:
     log(f"\n[{number}/5] {text}")
 
 
-def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None]) -> None:
+def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None],
+                 progress: bool = True) -> None:
     """Write the boosted-prevalence phantom unless a complete one is already there."""
     from cxrmtl.phantom.generate import write_phantom
 
@@ -85,7 +86,7 @@ def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str
 
         shutil.rmtree(data)
     report = write_phantom(data, patients=plan.patients, size=plan.phantom_size, seed=0, prevalence="boosted",
-                           workers=workers, progress=True)
+                           workers=workers, progress=progress)
     log(f"phantom: {report.images} images of {report.patients} patients, {report.boxes} boxes -> {data}")
 
 
@@ -96,7 +97,7 @@ def demo_config(plan: DemoPlan, *, extra: tuple[str, ...] = ()) -> Config:
     return load_config(CONFIG_DIR / "demo_phantom.yaml", [*plan.overrides, *extra])
 
 
-def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = "auto",
+def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = "auto", progress: bool = True,
              log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo into ``out`` and return where the results are."""
     from cxrmtl.data.cache import build_cache
@@ -114,12 +115,12 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
         log("--quick: a smoke check of every step on a tiny phantom; its numbers mean nothing.")
 
     _step(log, 1, f"phantom ({plan.patients} patients, {plan.phantom_size} px, boosted prevalence)")
-    make_phantom(plan, data, workers=workers, log=log)
+    make_phantom(plan, data, workers=workers, log=log, progress=progress)
 
-    cfg = demo_config(plan)
+    cfg = demo_config(plan, extra=() if progress else ("train.progress=false",))
     _step(log, 2, f"preprocessing cache ({cfg.data.image_size} px)")
     index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
-    cache_report = build_cache(index, cache, size=cfg.data.image_size, workers=workers, progress=True)
+    cache_report = build_cache(index, cache, size=cfg.data.image_size, workers=workers, progress=progress)
     log(f"cache: {cache_report.count} images, {cache_report.ok} readable, {len(cache_report.failed)} unreadable, "
         f"{cache_report.size} px, {cache_report.seconds:.1f} s -> {cache}")
 

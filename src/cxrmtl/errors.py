@@ -32,6 +32,11 @@ class CheckpointError(CxrmtlError):
     """A checkpoint is corrupt, truncated or does not match the config."""
 
 
+class OutputError(CxrmtlError):
+    """An output folder cannot be created or written (a part of its path is a file, no permission, read-only file
+    system, full disk); the message names the path."""
+
+
 class RunError(CxrmtlError):
     """A run directory is missing files or was produced by an incompatible version."""
 

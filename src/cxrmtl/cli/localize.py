@@ -6,34 +6,32 @@ from pathlib import Path
 
 import typer
 
+from cxrmtl.cli._options import Checkpoint, Device, Split, checkpoint_option, device_option
+
 ORDER = 55
 
 
 def localize_command(
     run: Path = typer.Argument(..., help="Run folder made by `cxrmtl train`."),
     data: Path = typer.Option(..., "--data", help="NIH-layout folder with BBox_List_2017.csv (real or phantom)."),
-    split: str = typer.Option("test", "--split", help="Split whose boxed images are localised."),
+    split: Split = typer.Option("test", "--split", help="Split whose boxed images are localised."),
     out: Path | None = typer.Option(None, "--out", help="Output folder. Default: RUN/eval/<split>/localization."),
     cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache (default: the one `train` uses)."),
-    which: str = typer.Option("best", "--checkpoint", help="Checkpoint: best or last."),
+    which: Checkpoint = checkpoint_option(),
     layer: str | None = typer.Option(None, "--layer", help="Module to take the CAM from (default: last stage)."),
     gallery: int = typer.Option(8, "--gallery", min=0, help="Overlay PNGs per kind (hit, false positive, miss)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per Grad-CAM pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: Device = device_option(),
 ) -> None:
     """Localise every boxed finding of a split with Grad-CAM; write localization.{json,md}, gallery/ and a section."""
-    from cxrmtl import labels
+    from cxrmtl.cli._options import resolve_device_name
     from cxrmtl.data.cache import build_cache, open_cache
     from cxrmtl.data.nih import load_index
-    from cxrmtl.errors import ConfigError
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.localize.run import localize_run, write_outputs
     from cxrmtl.train.loop import default_cache_dir
 
-    if split not in labels.SPLITS:
-        raise ConfigError(f"--split: {split!r} is not one of {', '.join(labels.SPLITS)}")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {device!r} is not one of cpu, cuda")
+    device = resolve_device_name(device)
     loaded = load_run(run, which=which, device=device)
     d = loaded.config.data
     index = load_index(data, val_fraction=d.val_fraction, split_seed=d.split_seed)

@@ -37,7 +37,7 @@ import numpy as np
 
 from cxrmtl import labels
 from cxrmtl.errors import CacheError, CxrmtlError
-from cxrmtl.fsio import atomic_write_text
+from cxrmtl.fsio import atomic_write_text, no_space_message
 
 if TYPE_CHECKING:
     from cxrmtl.data.nih import NIHIndex
@@ -509,7 +509,7 @@ def _allocate(out: Path, plan: _Plan) -> None:
     needed = len(plan.names) * plan.size * plan.size
     free = shutil.disk_usage(out).free
     if needed > free:
-        raise CacheError(f"{path}: needs {needed / 2**30:.2f} GiB, only {free / 2**30:.2f} GiB free")
+        raise CacheError(no_space_message(path, needed=needed, free=free))
     with open(path, "wb") as fh:
         fh.truncate(needed)
         if hasattr(os, "posix_fallocate"):
@@ -517,7 +517,7 @@ def _allocate(out: Path, plan: _Plan) -> None:
                 os.posix_fallocate(fh.fileno(), 0, needed)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
-                    raise CacheError(f"{path}: no space left to reserve {needed / 2**30:.2f} GiB") from None
+                    raise CacheError(no_space_message(path, needed=needed)) from None
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrmtl.config import Config, config_from_yaml_text, to_dict
+from cxrmtl.config import Config, config_from_yaml_text, read_config_text, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
-from cxrmtl.fsio import fsync_dir
+from cxrmtl.fsio import fsync_dir, with_filename
 from cxrmtl.runs import layout as rundir
 
 FORMAT_VERSION = 1
@@ -46,9 +46,23 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk fails in write() or close(), whose errors name no file
+        raise with_filename(exc, path) from exc
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in one short line: its texts run to 6-8 lines and advise ``weights_only=False``,
+    which is wrong for a damaged file and unsafe for a foreign one, so keep only the specific part."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -59,7 +73,7 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_load_failure(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a cxrmtl checkpoint (top level is {type(state).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -149,7 +163,7 @@ def read_run_config(run: Path) -> Config:
     if not path.is_file():
         raise RunError(f"{path}: missing; {run} is not a cxrmtl run folder")
     try:
-        return config_from_yaml_text(path.read_text(encoding="utf-8"), where=str(path))
+        return config_from_yaml_text(read_config_text(path), where=str(path))
     except ConfigError as exc:
         raise RunError(str(exc)) from exc
 
