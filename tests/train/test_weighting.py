@@ -1,5 +1,6 @@
 """Task weighting: every registered method on a toy network, what each one does on toy problems, AMP scaling,
-checkpoint state, and DDP (2 gloo processes on 127.0.0.1 must produce the single-process gradients)."""
+checkpoint state, the exact fast forms (Gram-matrix PCGrad and CAGrad against straightforward references kept
+here), and DDP (2 gloo processes on 127.0.0.1 must produce the single-process gradients)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from cxrmtl.config import OptimConfig
 from cxrmtl.errors import ConfigError
+from cxrmtl.train.optim import build_optimizer
 from cxrmtl.train.weighting import WEIGHTINGS, build_weighting
 
 NAMES = ("a", "b", "c")
@@ -32,6 +35,7 @@ class Toy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = torch.tanh(self.shared(x))
+        self.features = h  # the shared representation (the loop takes it from a hook on the backbone)
         return {n: head(h).squeeze(1) for n, head in self.heads.items()}
 
 
@@ -55,8 +59,10 @@ def _step(model: Toy, weighting: nn.Module, x: torch.Tensor, ys: dict, **kw: obj
     model.zero_grad(set_to_none=True)
     for p in weighting.parameters():
         p.grad = None
+    losses = _losses(model(x), ys)
+    kw.setdefault("features", model.features)
     return weighting.backward(
-        _losses(model(x), ys), shared_params=list(model.shared.parameters()), all_params=list(model.parameters()), **kw
+        losses, shared_params=list(model.shared.parameters()), all_params=list(model.parameters()), **kw
     )
 
 
@@ -73,7 +79,8 @@ def test_every_method_fills_every_gradient_and_logs_weights(name: str) -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     for task in NAMES:
         assert math.isfinite(logs[f"weight/{task}"]) and logs[f"gradnorm/{task}"] > 0
-    assert weighting.needs_per_task_grads == (name in {"gradnorm", "pcgrad", "cagrad"})
+    assert weighting.needs_per_task_grads == (name in {"pcgrad", "cagrad"})
+    assert weighting.needs_features == (name == "gradnorm")
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS))
@@ -99,11 +106,13 @@ def test_state_dict_round_trip_resumes_identically(name: str) -> None:
         first.end_epoch(epoch, {"a": 1.0 / (epoch + 1), "b": 1.0, "c": 0.5})
     second = build_weighting(name, task_names=NAMES, **_kwargs(name))
     second.load_state_dict(copy.deepcopy(first.state_dict()))
-    assert second.current_weights() == first.current_weights()
+    if not first.needs_per_task_grads:  # gradient surgery's weights are per step (the last step's coefficients)
+        assert second.current_weights() == first.current_weights()
     _step(model, first, x, ys)
     g_first = _grads(model)
     _step(model, second, x, ys)
     assert torch.equal(_grads(model), g_first)
+    assert second.current_weights() == first.current_weights()
 
 
 def test_equal_and_static_weights_equal_a_manual_weighted_sum() -> None:
@@ -261,8 +270,7 @@ def test_gradient_methods_apply_reduce_to_each_task_before_combining() -> None:
 
     weighting = build_weighting("pcgrad", task_names=names)
     weighting.backward(losses, shared_params=[theta], all_params=[theta], reduce=reduce)
-    assert [s.tolist() for s in seen[:2]] == [[1.0, 0.0], [-1.0, 1.0]]  # per task, before the projection
-    assert seen[2].tolist() == [100.0, 100.0]  # the loss values (GradNorm's training rates) are reduced too
+    assert [s.tolist() for s in seen] == [[1.0, 0.0], [-1.0, 1.0]]  # per task, before the projection
 
 
 # ----------------------------------------------------------------------------------------------- DDP (gloo)
