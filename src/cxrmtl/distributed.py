@@ -116,7 +116,10 @@ def barrier(ctx: DistContext) -> None:
 
 
 def mean_reducer(ctx: DistContext) -> Callable[[Tensor], Tensor] | None:
-    """The ``reduce`` callable given to gradient weighting: average a tensor over ranks in place (None on 1 process)."""
+    """The ``reduce`` callable given to gradient weighting: average a tensor over ranks in place (None on 1 process).
+
+    ``reduce.start(tensor)`` is the asynchronous form (see ``cxrmtl.train.weighting.start_reduce``).
+    """
     if not ctx.distributed:
         return None
 
@@ -125,6 +128,17 @@ def mean_reducer(ctx: DistContext) -> Callable[[Tensor], Tensor] | None:
         tensor.div_(ctx.world_size)
         return tensor
 
+    def start(tensor: Tensor) -> Callable[[], Tensor]:
+        """Launch the all-reduce asynchronously; the returned callable waits, averages and returns ``tensor``."""
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+
+        def finish() -> Tensor:
+            work.wait()
+            return tensor.div_(ctx.world_size)
+
+        return finish
+
+    reduce.start = start  # type: ignore[attr-defined]  # used by gradient weighting to overlap per-task reductions
     return reduce
 
 

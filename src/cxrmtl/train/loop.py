@@ -86,11 +86,13 @@ def _mix_seed(seed: int, step: int, rank: int) -> int:
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto -> bf16 on CUDA (no loss scaling needed), off on CPU (bf16 there only pays on AMX/AVX512-BF16 CPUs)."""
+    """auto -> bf16 on CUDA (no loss scaling needed), off on CPU (bf16 there only pays on AMX/AVX512-BF16 CPUs).
+
+    fp16 (with loss scaling) runs on CPU too (torch >= 2.x autocast and GradScaler support it), slowly on CPUs
+    without native fp16 arithmetic; it is allowed so that the fp16 path can be checked without a GPU.
+    """
     if mode == "auto":
         mode = "bf16" if device.type == "cuda" else "off"
-    if mode == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 or off on CPU")
     return AMP_DTYPES[mode]
 
 
@@ -193,6 +195,9 @@ class Trainer:
         if w.weights:
             kwargs["weights"] = dict(w.weights)
         self.weighting = build_weighting(w.method, task_names=[t.name for t in self.tasks], **kwargs).to(dev)
+        self._features: list[torch.Tensor] = []  # the shared representation of this step, for weighting.features
+        if self.weighting.needs_features and not cfg.model.compile:  # compiled: the output is not in the graph
+            model.backbone.register_forward_hook(self._keep_features)
         self.ddp = None
         if self.ctx.distributed:
             ids = [dev.index] if dev.type == "cuda" else None
@@ -301,6 +306,18 @@ class Trainer:
             outputs = self.forward_model(x)
         return {t.name: t.loss(outputs[t.name].float(), *t.select(targets, masks)) for t in self.tasks}
 
+    def _keep_features(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        """Forward hook on the backbone: keep the training forward's output (the representation heads read)."""
+        if output.requires_grad:
+            self._features[:] = [output]
+
+    def _grad_scale(self) -> float:
+        """The loss scale this step. ``scaler.scale`` (not ``get_scale``) also creates the per-step state that
+        ``unscale_``/``step``/``update`` need; the weighting multiplies its losses by the same value."""
+        if not self.scaler.is_enabled():
+            return 1.0
+        return float(self.scaler.scale(torch.ones((), device=self.ctx.device)))
+
     def _norm_step(self) -> bool:
         """Whether this step also measures per-task gradient norms (costs one extra backward per task)."""
         every = self.cfg.train.log_every
@@ -314,11 +331,12 @@ class Trainer:
         per_task = self.ddp is not None and self.weighting.needs_per_task_grads
         with self.ddp.no_sync() if per_task else contextlib.nullcontext():
             losses = self._losses(batch)
-            scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+            features = self._features.pop() if self._features else None
             # The weighting multiplies by grad_scale itself and averages, via `reduce`, what DDP's hooks do not
             # (per-task shared gradients, heads under no_sync, its own parameters).
             logs = self.weighting.backward(losses, shared_params=self.shared_params, all_params=self.all_params,
-                                           grad_scale=scale, reduce=self.reduce, with_grad_norms=self._norm_step())
+                                           grad_scale=self._grad_scale(), reduce=self.reduce,
+                                           with_grad_norms=self._norm_step(), features=features)
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.all_params, clip)) if clip > 0 else float("nan")
