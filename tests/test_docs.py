@@ -23,7 +23,7 @@ TOP_PAGES = (REPO / "README.md", REPO / "BENCHMARKS.md")
 DOC_PATH = re.compile(r"(?<![\w./-])docs/([\w./-]+?\.md)\b")
 PAGE_NAME = re.compile(r"(?<![\w./-])([\w-]+\.md)\b")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-OUTPUT_FILES = {"report.md", "ablation.md", "localization.md"}  # files the commands write, named in the docs
+OUTPUT_FILES = {"report.md", "ablation.md", "localization.md", "MODEL_CARD.md", "triage.md"}  # files the commands write, named in the docs
 # Files users of the package do not have: the project's internal design notes and the shared folder of the machine it
 # was developed on. A number's source is its paper or the NIH release, cited where the number is.
 FOREIGN = re.compile(r"FACTS\.md|DESIGN\.md|\.\./shared/")

@@ -61,7 +61,8 @@ METADATA_NAMES: tuple[str, ...] = (
     labels.TRAIN_VAL_LIST,
     labels.TEST_LIST,
 )
-# md5 of the official split lists (FACTS.md): a mismatch means another split than the paper's.
+# md5 of the official split lists as distributed by the NIH release (train_val_list.txt, test_list.txt): a mismatch
+# means another split than the paper's.
 SPLIT_LIST_MD5: dict[str, str] = {
     labels.TRAIN_VAL_LIST: "067e3a84206964892e6300e4a4c0a205",
     labels.TEST_LIST: "adeeabf20ea2a8eb66ced87b78434400",
