@@ -23,7 +23,7 @@ import torch
 from machine import cpu_model  # bench/machine.py (bench/ is on sys.path when run as a script)
 
 from cxrmtl.config import Config, apply_overrides
-from cxrmtl.train.build import build_model, build_tasks_for
+from cxrmtl.runs.build import build_model, build_tasks_for
 from cxrmtl.train.process import apply, seeded_rng, training_process_state
 
 CASES = (("resnet18", 128), ("densenet121", 224))

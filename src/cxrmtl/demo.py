@@ -74,7 +74,8 @@ def _step(log: Callable[[str], None], number: int, text: str) -> None:
     log(f"\n[{number}/5] {text}")
 
 
-def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None]) -> None:
+def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None],
+                 progress: bool = True) -> None:
     """Write the boosted-prevalence phantom unless a complete one is already there."""
     from cxrmtl.phantom.generate import write_phantom
 
@@ -87,7 +88,7 @@ def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str
 
         shutil.rmtree(data)
     report = write_phantom(data, patients=plan.patients, size=plan.phantom_size, seed=0, prevalence="boosted",
-                           workers=workers, progress=True)
+                           workers=workers, progress=progress)
     log(f"phantom: {report.images} images of {report.patients} patients, {report.boxes} boxes -> {data}")
 
 
@@ -98,12 +99,13 @@ def demo_config(plan: DemoPlan, *, extra: tuple[str, ...] = ()) -> Config:
     return load_config(CONFIG_DIR / "demo_phantom.yaml", [*plan.overrides, *extra])
 
 
-def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = "auto",
+def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = "auto", progress: bool = True,
              log: Callable[[str], None] = log_info) -> DemoResult:
     """Run the whole demo into ``out`` and return where the results are."""
     import dataclasses
 
-    from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
+    from cxrmtl.eval.evaluate import EvalOptions
+    from cxrmtl.report.evaluation import evaluate_run
     from cxrmtl.runs.data import open_run_data
     from cxrmtl.runs.layout import RunDir
     from cxrmtl.train.loop import format_summary, train
@@ -117,12 +119,12 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
         log("--quick: a smoke check of every step on a tiny phantom; its numbers mean nothing.")
 
     _step(log, 1, f"phantom ({plan.patients} patients, {plan.phantom_size} px, boosted prevalence)")
-    make_phantom(plan, data, workers=workers, log=log)
+    make_phantom(plan, data, workers=workers, log=log, progress=progress)
 
-    cfg = demo_config(plan)
+    cfg = demo_config(plan, extra=() if progress else ("train.progress=false",))
     _step(log, 2, f"preprocessing cache ({cfg.data.image_size} px)")
     view = open_run_data(data=dataclasses.replace(cfg.data, cache_workers=workers), data_root=data,
-                         cache_dir=cache).cache
+                         cache_dir=cache, progress=progress).cache
     readable = int(view.ok.sum())
     log(f"cache: {len(view)} images, {readable} readable, {len(view) - readable} unreadable, {view.size} px -> {cache}")
 
@@ -172,9 +174,13 @@ def _ci_cell(entry: dict | None) -> tuple[str, str]:
 
 def _headline(metrics: dict) -> str:
     """A short table: mean AUROC over the findings, then each auxiliary output's primary number (metrics.json)."""
+    from cxrmtl.report.render import mean_label
+
     lines = ["| task | metric | value | 95% CI |", "|---|---|---|---|"]
-    value, ci = _ci_cell((metrics.get("findings") or {}).get("auroc_mean"))
-    lines.append(f"| findings (mean of 14) | AUROC | {value} | {ci} |")
+    findings = metrics.get("findings") or {}
+    value, ci = _ci_cell(findings.get("auroc_mean"))
+    lines.append(f"| findings ({mean_label(findings.get('auroc_mean'), findings.get('names', []))}) | AUROC | "
+                 f"{value} | {ci} |")
     for task, entry in metrics.get("tasks", {}).items():
         if entry.get("kind") == "multilabel":
             continue

@@ -43,11 +43,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise with_filename(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
+
+
+def with_filename(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` itself when it names a file, else the same error naming ``path``: a failed ``write()`` or ``close()``
+    (a full disk, for example) carries no file name, and the CLI's one-line message should say which file it was."""
+    if exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -60,30 +71,87 @@ def write_json_atomic(path: str | Path, doc: object) -> Path:
     return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
-def format_bytes(count: float) -> str:
-    """A byte count in the largest binary unit that keeps it >= 1, three significant figures ("85.3 MiB").
+# ---------------------------------------------------------------------------------------------------------------
+# output folders and disk space, reported in one line a user can act on
 
-    Why: a full-disk message that rounds both the need and the free space to "0.01 GiB" tells the user nothing.
+_UNITS: tuple[str, ...] = ("B", "kB", "MB", "GB", "TB", "PB")
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes in decimal units with three significant digits (what ``df -H`` shows): 950 B, 1.23 MB, 45.6 GB.
+
+    Sizes of a few MB used to print as "0.01 GiB"; a user needs the figure in units that match its size.
     """
     value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    for unit in _UNITS:
+        if unit == "B" and abs(value) < 999.5:
+            return f"{value:.0f} B"
+        if abs(value) < 999.5 or unit == _UNITS[-1]:
+            return f"{value:.3g} {unit}" if abs(value) < 999.5 else f"{value:.0f} {unit}"
+        value /= 1000.0
+    raise AssertionError("unreachable")  # the loop returns at the last unit
 
 
-def free_bytes(path: str | Path) -> int | None:
-    """Free bytes on the filesystem holding ``path`` (its nearest existing parent); None when it cannot be asked."""
+def free_space_note(path: str | Path) -> str:
+    """`` (X free on its file system)`` for the nearest existing folder of ``path``; empty when unknowable."""
     import shutil
 
-    path = Path(path)
-    for candidate in (path, *path.parents):
+    folder = _existing_ancestor(Path(path))
+    try:
+        return f" ({format_bytes(shutil.disk_usage(folder).free)} free on its file system)"
+    except OSError:
+        return ""
+
+
+def no_space_message(path: str | Path, *, needed: int, free: int | None = None) -> str:
+    """One line for a write that does not fit: the path, what it needs and what is free, in readable units."""
+    if free is None:
+        import shutil
+
         try:
-            return shutil.disk_usage(candidate).free
+            free = shutil.disk_usage(_existing_ancestor(Path(path))).free
         except OSError:
-            continue
-    return None
+            free = None
+    have = f", {format_bytes(free)} free" if free is not None else ""
+    return f"{path}: no space left on device (needs about {format_bytes(needed)}{have})"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` itself or its nearest existing ancestor (the folder a new path would be created in)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def ensure_writable_dir(path: str | Path, what: str) -> Path:
+    """Check that ``path`` is, or can be created as, a folder this process can write into; return it.
+
+    Nothing is created: the nearest existing ancestor is probed by creating and removing a temporary file in it (the
+    only test that also sees read-only mounts and ACLs; ``os.access`` says yes to root on a read-only file system).
+    Raises OutputError naming ``what`` (e.g. "--out") and the path when a part of the path is a file, the folder is
+    not writable, or the file system is read-only or full, so a command fails in one line before doing any work.
+    """
+    from cxrmtl.errors import OutputError
+
+    path = Path(path)
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        part = "is a file, not a folder" if base == Path(os.path.abspath(path)) else f"{base} is a file, not a folder"
+        raise OutputError(f"{what} {path}: {part}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cxrmtl-write-test.", dir=base)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = "" if base == Path(os.path.abspath(path)) else f" (in {base})"
+        raise OutputError(f"{what} {path}: cannot write there{where}: {reason}") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one advisory lock for cache builds and training runs
 
 
 @contextlib.contextmanager

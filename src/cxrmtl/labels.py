@@ -1,11 +1,11 @@
 """Domain constants: one source of truth for label order, task names, codes and normalisation.
 
-Everything that names a finding, a view or a sex code imports it from here. Numbers cite FACTS.md sources.
+Everything that names a finding, a view or a sex code imports it from here. Every number cites its source.
 """
 
 from __future__ import annotations
 
-# The 14 ChestX-ray14 findings in the canonical order used by Wang et al. 2017 and CheXNet (FACTS.md).
+# The 14 ChestX-ray14 findings in the canonical order used by Wang et al. 2017 (arXiv:1705.02315) and CheXNet.
 FINDINGS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
@@ -44,7 +44,7 @@ SEX_CODES: dict[str, int] = {"M": 0, "F": 1}
 VIEW_CODES: dict[str, int] = {"PA": 0, "AP": 1}
 MISSING_CODE: int = -1
 
-# Official NIH release facts (FACTS.md) used by checks and tests.
+# Official NIH release facts (NIH ChestX-ray14 release: Data_Entry_2017, train_val_list.txt, test_list.txt).
 NIH_NUM_IMAGES: int = 112_120
 NIH_NUM_PATIENTS: int = 30_805
 NIH_IMAGE_SIZE: int = 1024
@@ -72,7 +72,7 @@ DEFAULT_SPLIT_SEED: int = 0
 TARGET_NAMES: tuple[str, ...] = ("findings", "abnormal", "age", "sex", "view")
 
 # Pixel normalisation applied on the device to uint8 images: x = (u8 / 255 - MEAN) / STD.
-# Gray mean/std of NIH images measured on the 225 real PNGs in ../shared/data/nih/images (ImageNet's gray
+# Gray mean/std of NIH images measured on a sample of 225 real NIH PNGs (ImageNet's gray
 # equivalent is close: 0.449 / 0.226).
 PIXEL_MEAN: float = 0.50
 PIXEL_STD: float = 0.25
@@ -101,14 +101,14 @@ MAX_IMAGE_SIDE: int = 16_384
 MAX_IMAGE_PIXELS: int = 100_000_000
 MAX_IMAGE_BYTES: int = 512 * 1024 * 1024
 
-# --- Localisation and ablation (localize/localization.py, ablate/ablation.py) -------------------------------------------
+# --- Localisation and ablation (localize/localization.py, ablate/ablation.py) -----------------------------------------
 # Wang et al. 2017 (ChestX-ray8, arXiv:1705.02315, Sec. 4 "B-Box generation"): the heatmap is normalised to
 # [0, 255] and binarised at 60 and at 180 separately; every connected region of either binary map becomes a box.
 LOC_HEATMAP_THRESHOLDS: tuple[int, ...] = (60, 180)
-# Overlap thresholds Wang et al. report: T(IoBB) for the 14-class model, T(IoU) for the 8-class model (FACTS.md).
+# Overlap thresholds Wang et al. 2017 report: T(IoBB) for the 14-class model, T(IoU) for the 8-class model.
 LOC_IOBB_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
 LOC_IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-# Wang et al. 2017, 14-class model, localisation accuracy at T(IoBB) = 0.5 (FACTS.md).
+# Wang et al. 2017 (arXiv:1705.02315), 14-class model, localisation accuracy at T(IoBB) = 0.5.
 WANG_IOBB05_ACCURACY: dict[str, float] = {
     "Atelectasis": 0.194,
     "Cardiomegaly": 0.945,
@@ -130,7 +130,8 @@ ABLATION_WEIGHTINGS: tuple[str, ...] = ("equal", "uncertainty", "dwa", "gradnorm
 # Rows of Data_Entry that are in neither official list keep this split name: counted by `data check`, never served.
 UNLISTED_SPLIT: str = "unlisted"
 # Ages above this are impossible and treated as missing: the 2017 csv has typos such as 148, 155 and 411-414 years
-# (FACTS.md; fixed in the v2020 file). 122 years is the oldest verified human age (Jeanne Calment), so 120 is safe.
+# (NIH release; fixed in Data_Entry_2017_v2020.csv). 122 years is the oldest verified human age (Jeanne
+# Calment), so 120 is safe.
 MAX_PLAUSIBLE_AGE: float = 120.0
 # Image folders: a flat `images/` (NIH archives) and/or `images_001/images` .. (Kaggle mirror), searched in this order.
 IMAGE_DIR_NAME: str = "images"
@@ -168,7 +169,7 @@ EVAL_AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("60-79", 60.0, 80.0),
     (">=80", 80.0, 1000.0),
 )
-# Google expert labels (Majkowska et al., Radiology 2020; FACTS.md) -> ChestX-ray14 findings whose probabilities are
+# Google expert labels (Majkowska et al., Radiology 2020) -> ChestX-ray14 findings whose probabilities are
 # combined by max. "Airspace opacity" in that paper covers consolidation, pneumonia-like infiltrates, edema and
 # collapse (atelectasis); Fracture has no ChestX-ray14 counterpart and is not evaluated.
 EVAL_EXPERT_MAP: dict[str, tuple[str, ...]] = {
@@ -180,9 +181,11 @@ EVAL_EXPERT_MAP: dict[str, tuple[str, ...]] = {
 # --- Phantom (phantom/generate.py; owner: phantom module) -------------------------------------------------------------
 # Defaults of `cxrmtl phantom`. Difficulty 0 = obvious lesions, 1 = invisible; at the default a ResNet-18 trained
 # 3 epochs from scratch at 128 px reaches mean AUROC 0.85, min 0.71 (bench/results/learnability.md): far from perfect.
+# Files whose presence in a data folder marks it as a synthetic phantom (written by `cxrmtl phantom` or by hand).
+PHANTOM_MARKERS: tuple[str, ...] = ("phantom.json", "PHANTOM", "PHANTOM.txt", ".cxrmtl-phantom")
 PHANTOM_DEFAULT_PATIENTS: int = 1_000
 PHANTOM_DEFAULT_DIFFICULTY: float = 0.5
-PHANTOM_DEFAULT_LABEL_NOISE: float = 0.05  # share of positive labels flipped, text-mining style (FACTS.md)
+PHANTOM_DEFAULT_LABEL_NOISE: float = 0.05  # share of positive labels flipped, text-mining style (Oakden-Rayner 2020)
 PHANTOM_PREVALENCE_MODES: tuple[str, ...] = ("real", "boosted")
 PHANTOM_BOOSTED_MIN_PREVALENCE: float = 0.05  # "boosted" lifts every finding to at least this share of images
 PHANTOM_BOX_SHARE: float = 0.2  # share of images with a boxed finding that get rows in BBox_List_2017.csv

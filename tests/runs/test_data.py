@@ -14,7 +14,7 @@ from cxrmtl.data.cache import build_cache
 from cxrmtl.data.nih import load_index
 from cxrmtl.errors import CacheError, RunError
 from cxrmtl.runs.data import (
-    data_kind,
+    record_kind,
     default_cache_dir,
     index_fingerprint,
     open_run_data,
@@ -61,11 +61,11 @@ def test_fingerprint_follows_names_splits_labels_and_settings(tiny_nih: Path, ot
     assert _fingerprint(copy) == base
 
 
-def test_data_kind_reads_the_phantom_marker(tiny_nih: Path, tmp_path: Path) -> None:
-    assert data_kind(load_index(tiny_nih)) == "subset"
+def test_record_kind_reads_the_phantom_marker(tiny_nih: Path, tmp_path: Path) -> None:
+    assert record_kind(load_index(tiny_nih)) == "subset"
     marked = shutil.copytree(tiny_nih, tmp_path / "marked")
     (marked / "phantom.json").write_text("{}")
-    assert data_kind(load_index(marked)) == "phantom"
+    assert record_kind(load_index(marked)) == "phantom"
 
 
 def test_open_run_data_defaults_to_the_record_and_refuses_other_data(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cxrmtl.cli._options import Checkpoint, Device, Split, checkpoint_option, device_option
+
 ORDER = 55
 
 
@@ -13,31 +15,26 @@ def localize_command(
     run: Path = typer.Argument(..., help="Run folder made by `cxrmtl train`."),
     data: Path | None = typer.Option(
         None, "--data", help="NIH-layout folder with BBox_List_2017.csv. Default: the run's (RUN/data.json)."),
-    split: str = typer.Option("test", "--split", help="Split whose boxed images are localised."),
+    split: Split = typer.Option("test", "--split", help="Split whose boxed images are localised."),
     out: Path | None = typer.Option(None, "--out", help="Output folder. Default: RUN/eval/<split>/localization."),
     cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache. Default: the run's (RUN/data.json)."),
     allow_data_mismatch: bool = typer.Option(
         False, "--allow-data-mismatch", help="Localise on --data other than the run's on purpose."),
-    which: str = typer.Option("best", "--checkpoint", help="Checkpoint: best or last."),
+    which: Checkpoint = checkpoint_option(),
     layer: str | None = typer.Option(None, "--layer", help="Module to take the CAM from (default: last stage)."),
     gallery: int = typer.Option(8, "--gallery", min=0, help="Overlay PNGs per kind (hit, false positive, miss)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per Grad-CAM pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: Device = device_option(),
 ) -> None:
     """Localise every boxed finding of a split with Grad-CAM; write localization.{json,md}, gallery/ and a section."""
-    from cxrmtl import labels
     from cxrmtl.cli._logging import configure_logging
-    from cxrmtl.errors import ConfigError
+    from cxrmtl.cli._options import resolve_device_name
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.localize.run import localize_run, write_outputs
     from cxrmtl.runs.data import open_run_data
 
     configure_logging()
-
-    if split not in labels.SPLITS:
-        raise ConfigError(f"--split: {split!r} is not one of {', '.join(labels.SPLITS)}")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {device!r} is not one of cpu, cuda")
+    device = resolve_device_name(device)
     loaded = load_run(run, which=which, device=device)
     rd = open_run_data(run, data=loaded.config.data, data_root=data, cache_dir=cache,
                        allow_data_mismatch=allow_data_mismatch)

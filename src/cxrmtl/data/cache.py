@@ -37,7 +37,7 @@ import numpy as np
 
 from cxrmtl import labels
 from cxrmtl.errors import CacheError, CxrmtlError
-from cxrmtl.fsio import atomic_write_text, exclusive_lock, format_bytes
+from cxrmtl.fsio import atomic_write_text, exclusive_lock, no_space_message
 
 if TYPE_CHECKING:
     from cxrmtl.data.nih import NIHIndex
@@ -523,7 +523,7 @@ def _allocate(out: Path, plan: _Plan) -> None:
     needed = len(plan.names) * plan.size * plan.size
     free = shutil.disk_usage(out).free
     if needed > free:
-        raise CacheError(f"{path}: needs {format_bytes(needed)}, only {format_bytes(free)} free")
+        raise CacheError(no_space_message(path, needed=needed, free=free))
     with open(path, "wb") as fh:
         fh.truncate(needed)
         if hasattr(os, "posix_fallocate"):
@@ -531,7 +531,7 @@ def _allocate(out: Path, plan: _Plan) -> None:
                 os.posix_fallocate(fh.fileno(), 0, needed)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
-                    raise CacheError(f"{path}: no space left to reserve {format_bytes(needed)}") from None
+                    raise CacheError(no_space_message(path, needed=needed)) from None
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -590,7 +590,7 @@ def _safe_results(jobs: list[_Job], images_path: str, size: int, workers: int) -
 
 
 def _results(jobs: list[_Job], images_path: str, size: int, workers: int) -> Iterator[_Result]:
-    """Run the jobs in this process (one worker) or in a pool of fresh ``spawn`` processes, yielding as they end."""
+    """Run the jobs in this process (one worker) or in a process pool (``_start_method``), yielding as they end."""
     if workers == 1 or len(jobs) == 1:
         _worker_init_local()
         for job in jobs:

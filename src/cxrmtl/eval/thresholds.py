@@ -19,8 +19,8 @@ import numpy as np
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError, RunError
 from cxrmtl.fsio import write_json_atomic
+from cxrmtl.runs.layout import THRESHOLDS_FILE
 
-THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_SCHEMA = 1
 
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from cxrmtl.config import Config, config_from_yaml_text, to_dict
+from cxrmtl.config import Config, config_from_yaml_text, read_config_text, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
-from cxrmtl.fsio import format_bytes, free_bytes, fsync_dir
+from cxrmtl.fsio import format_bytes, free_space_note, fsync_dir
 from cxrmtl.runs import layout as rundir
 
 FORMAT_VERSION = 1
@@ -31,7 +31,8 @@ REQUIRED_KEYS: tuple[str, ...] = ("format", "model", "config", "labels", "epoch"
 # Config fields a resumed run may change: they do not alter the computation of the steps already taken.
 RESUME_MUTABLE: frozenset[str] = frozenset(
     {"train.epochs", "train.max_steps", "train.progress", "train.cpu_threads", "train.early_stop_patience",
-     "train.checkpoint_every", "train.checkpoint_minutes", "data.num_workers", "data.cache_workers"}
+     "train.checkpoint_every", "train.checkpoint_minutes", "data.num_workers", "data.cache_workers",
+     "model.allow_random_init"}
 )
 
 
@@ -58,7 +59,34 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
 
 
 def _write_state(fh: Any, state: dict[str, Any]) -> None:
-    torch.save(state, fh)
+    """``torch.save`` into ``fh``, re-raising the OSError of a failed write (a full disk) as itself: torch's zip
+    writer finalises the archive in ``__exit__`` even after a write failed, and its "unexpected pos" RuntimeError
+    then replaces the OSError that says what happened."""
+    sink = _WriteErrors(fh)
+    try:
+        torch.save(state, sink)
+    except RuntimeError:
+        if sink.error is not None:
+            raise sink.error from None
+        raise
+
+
+class _WriteErrors:
+    """A file-like wrapper that remembers the first OSError its ``write`` raised."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def state_nbytes(state: Any) -> int:
@@ -75,11 +103,22 @@ def state_nbytes(state: Any) -> int:
 def _write_failure(path: Path, state: Mapping[str, Any], exc: OSError) -> str:
     kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        free = free_bytes(path.parent)
-        room = f", {format_bytes(free)} free" if free is not None else ""
-        return (f"{path}: disk full while saving the checkpoint (needs about {format_bytes(state_nbytes(state))}"
-                f"{room}); {kept}; free some space and resume with --resume")
+        return (f"{path}: no space left on device while saving the checkpoint (needs about "
+                f"{format_bytes(state_nbytes(state))}){free_space_note(path)}; {kept}; free some space and resume "
+                "with --resume")
     return f"{path}: cannot write the checkpoint ({exc.strerror or exc}); {kept}"
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in one short line: its texts run to 6-8 lines and advise ``weights_only=False``,
+    which is wrong for a damaged file and unsafe for a foreign one, so keep only the specific part."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -90,7 +129,7 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_load_failure(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a cxrmtl checkpoint (top level is {type(state).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -137,7 +176,6 @@ class LoadedRun:
     tasks: list[Any]
     model: torch.nn.Module
     labels: dict[str, list[str]]
-    thresholds: dict[str, Any] | None
     checkpoint: Path
     epoch: int
     step: int
@@ -151,23 +189,9 @@ def read_run_config(run: Path) -> Config:
     if not path.is_file():
         raise RunError(f"{path}: missing; {run} is not a cxrmtl run folder")
     try:
-        return config_from_yaml_text(path.read_text(encoding="utf-8"), where=str(path))
+        return config_from_yaml_text(read_config_text(path), where=str(path))
     except ConfigError as exc:
         raise RunError(str(exc)) from exc
-
-
-def read_thresholds(run: Path) -> dict[str, Any] | None:
-    """RUN/thresholds.json (written by evaluation) or None."""
-    path = Path(run) / rundir.THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: unreadable thresholds file ({exc})") from exc
-    if not isinstance(data, dict):
-        raise RunError(f"{path}: expected a JSON object")
-    return data
 
 
 WHICH_CHECKPOINTS: dict[str, str] = {"best": rundir.BEST_CHECKPOINT, "last": rundir.LAST_CHECKPOINT}
@@ -175,7 +199,7 @@ WHICH_CHECKPOINTS: dict[str, str] = {"best": rundir.BEST_CHECKPOINT, "last": run
 
 def load_run(run: str | Path, *, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the model of ``run`` from its config and load ``which`` checkpoint (EMA weights when saved)."""
-    from cxrmtl.train.build import build_model, build_tasks_for
+    from cxrmtl.runs.build import build_model, build_tasks_for
 
     run = Path(run)
     if which not in WHICH_CHECKPOINTS:
@@ -193,6 +217,6 @@ def load_run(run: str | Path, *, which: str = "best", device: str | torch.device
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model of {run / rundir.CONFIG_FILE} ({exc})") from exc
     model.to(device).eval()
-    return LoadedRun(run=run, config=cfg, tasks=tasks, model=model, labels=labels, thresholds=read_thresholds(run),
+    return LoadedRun(run=run, config=cfg, tasks=tasks, model=model, labels=labels,
                      checkpoint=path, epoch=int(state["epoch"]), step=int(state["step"]),
                      metrics=dict(state.get("metrics") or {}), device=torch.device(device))

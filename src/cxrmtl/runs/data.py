@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DATA_SCHEMA = 1
-PHANTOM_MARKER = "phantom.json"  # written by cxrmtl.phantom.generate.write_phantom
-DATA_KINDS: tuple[str, ...] = ("phantom", "nih", "subset")
+# What RUN/data.json says the folder holds. Not the label a number is reported with: evaluate, localize and ablate
+# label their numbers with cxrmtl.eval.datakind.describe_data, from the images actually evaluated.
+RECORD_KINDS: tuple[str, ...] = ("phantom", "nih", "subset")
 MISMATCH_HINT = "pass --allow-data-mismatch to evaluate on it on purpose"
 
 
@@ -55,9 +56,10 @@ def index_fingerprint(index: NIHIndex, *, val_fraction: float, split_seed: int) 
     return digest.hexdigest()
 
 
-def data_kind(index: NIHIndex) -> str:
-    """``phantom`` (phantom.json in the root), ``nih`` (all 112,120 images of the release have files) or ``subset``."""
-    if (Path(index.root) / PHANTOM_MARKER).is_file():
+def record_kind(index: NIHIndex) -> str:
+    """``phantom`` (a phantom marker in the root), ``nih`` (all 112,120 images of the release have files) or
+    ``subset``: what the folder holds, for RUN/data.json (see RECORD_KINDS)."""
+    if any((Path(index.root) / name).exists() for name in labels.PHANTOM_MARKERS):
         return "phantom"
     with_files = int((index.table["path"].to_numpy().astype(str) != "").sum())
     return "nih" if with_files == labels.NIH_NUM_IMAGES else "subset"
@@ -116,12 +118,12 @@ class DataRecord:
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
-def describe_data(index: NIHIndex, *, cache_dir: Path, data: DataConfig, fingerprint: str | None = None) -> DataRecord:
+def data_record(index: NIHIndex, *, cache_dir: Path, data: DataConfig, fingerprint: str | None = None) -> DataRecord:
     """The record of ``index`` opened with ``cache_dir`` under the split settings of ``data``."""
     fingerprint = fingerprint or index_fingerprint(index, val_fraction=data.val_fraction, split_seed=data.split_seed)
     return DataRecord(
         data_root=str(Path(index.root).resolve()), cache_dir=str(Path(cache_dir).resolve()), fingerprint=fingerprint,
-        data_kind=data_kind(index), image_size=int(data.image_size), val_fraction=float(data.val_fraction),
+        data_kind=record_kind(index), image_size=int(data.image_size), val_fraction=float(data.val_fraction),
         split_seed=int(data.split_seed), splits=split_counts(index), code_version=code_version(),
         created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
@@ -210,7 +212,7 @@ def open_run_data(
                     root, run, run_record.data_root)
     cache_path = _resolve_cache(cache_dir, root, run, run_record, size=data.image_size)
     cache = _open_cache(index, cache_path, data, build=build_missing_cache, progress=progress, ctx=ctx)
-    record = describe_data(index, cache_dir=cache_path, data=data, fingerprint=fingerprint)
+    record = data_record(index, cache_dir=cache_path, data=data, fingerprint=fingerprint)
     return RunData(index=index, cache=cache, record=record, run_record=run_record)
 
 

@@ -9,7 +9,7 @@ Layout (docs/architecture.md, docs/training.md)::
     RUN/tb/              TensorBoard scalars
     RUN/checkpoints/     last.pt (resume), best.pt (selected model)
     RUN/data.json        the data it was trained on: data root, cache folder, index fingerprint, kind, counts
-    RUN/thresholds.json  written later by evaluation (operating points); load_run exposes it when present
+    RUN/thresholds.json  written later by evaluation (operating points); read only by eval.thresholds.load_thresholds
     RUN/.run.lock        advisory lock held by the training process (who holds it: pid, host, since)
 
 A folder that already holds a run is never overwritten silently: a fresh start there is refused, ``--resume``

@@ -33,10 +33,10 @@ from cxrmtl.config import Config, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
 from cxrmtl.fsio import exclusive_lock
 from cxrmtl.runs import checkpoint as ckpt
+from cxrmtl.runs.build import build_model, build_tasks_for, train_pos_weight
 from cxrmtl.runs.data import RunData, open_run_data
 from cxrmtl.runs.layout import RunDir, label_map
 from cxrmtl.train.augment import BatchAugment, step_generator
-from cxrmtl.train.build import build_model, build_tasks_for, train_pos_weight
 from cxrmtl.train.ema import ModelEMA
 from cxrmtl.train.optim import build_optimizer, build_scheduler
 from cxrmtl.train.process import seeded_rng, training_process_state
@@ -87,11 +87,13 @@ def _mix_seed(seed: int, step: int, rank: int) -> int:
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto -> bf16 on CUDA (no loss scaling needed), off on CPU (bf16 there only pays on AMX/AVX512-BF16 CPUs)."""
+    """auto -> bf16 on CUDA (no loss scaling needed), off on CPU (bf16 there only pays on AMX/AVX512-BF16 CPUs).
+
+    fp16 (with loss scaling) runs on CPU too (torch >= 2.x autocast and GradScaler support it), slowly on CPUs
+    without native fp16 arithmetic; it is allowed so that the fp16 path can be checked without a GPU.
+    """
     if mode == "auto":
         mode = "bf16" if device.type == "cuda" else "off"
-    if mode == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 or off on CPU")
     return AMP_DTYPES[mode]
 
 
@@ -173,7 +175,8 @@ class Trainer:
         cfg, dev = self.cfg, self.ctx.device
         self.tasks = build_tasks_for(cfg, pos_weight=train_pos_weight(cfg, self.index))
         self.labels = label_map(self.tasks)
-        model = build_model(cfg, self.tasks)
+        resuming = self.resume and not self.restart  # a resume takes its weights from the checkpoint
+        model = build_model(cfg, self.tasks, pretrained=False if resuming else None)
         if cfg.model.sync_bn and self.ctx.distributed:
             if dev.type != "cuda":
                 raise ConfigError("model.sync_bn: torch's SyncBatchNorm runs on CUDA only; turn it off on CPU")
@@ -189,6 +192,9 @@ class Trainer:
         if w.weights:
             kwargs["weights"] = dict(w.weights)
         self.weighting = build_weighting(w.method, task_names=[t.name for t in self.tasks], **kwargs).to(dev)
+        self._features: list[torch.Tensor] = []  # the shared representation of this step, for weighting.features
+        if self.weighting.needs_features and not cfg.model.compile:  # compiled: the output is not in the graph
+            model.backbone.register_forward_hook(self._keep_features)
         self.ddp = None
         if self.ctx.distributed:
             ids = [dev.index] if dev.type == "cuda" else None
@@ -322,6 +328,18 @@ class Trainer:
             outputs = self.forward_model(x)
         return {t.name: t.loss(outputs[t.name].float(), *t.select(targets, masks)) for t in self.tasks}
 
+    def _keep_features(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        """Forward hook on the backbone: keep the training forward's output (the representation heads read)."""
+        if output.requires_grad:
+            self._features[:] = [output]
+
+    def _grad_scale(self) -> float:
+        """The loss scale this step. ``scaler.scale`` (not ``get_scale``) also creates the per-step state that
+        ``unscale_``/``step``/``update`` need; the weighting multiplies its losses by the same value."""
+        if not self.scaler.is_enabled():
+            return 1.0
+        return float(self.scaler.scale(torch.ones((), device=self.ctx.device)))
+
     def _norm_step(self) -> bool:
         """Whether this step also measures per-task gradient norms (costs one extra backward per task)."""
         every = self.cfg.train.log_every
@@ -335,11 +353,12 @@ class Trainer:
         per_task = self.ddp is not None and self.weighting.needs_per_task_grads
         with self.ddp.no_sync() if per_task else contextlib.nullcontext():
             losses = self._losses(batch)
-            scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+            features = self._features.pop() if self._features else None
             # The weighting multiplies by grad_scale itself and averages, via `reduce`, what DDP's hooks do not
             # (per-task shared gradients, heads under no_sync, its own parameters).
             logs = self.weighting.backward(losses, shared_params=self.shared_params, all_params=self.all_params,
-                                           grad_scale=scale, reduce=self.reduce, with_grad_norms=self._norm_step())
+                                           grad_scale=self._grad_scale(), reduce=self.reduce,
+                                           with_grad_norms=self._norm_step(), features=features)
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.all_params, clip)) if clip > 0 else float("nan")
@@ -585,12 +604,25 @@ def train(
     """
     if data_root is None and not resume:
         raise ConfigError("--data: needed to start a run (a --resume reads it from RUN/data.json)")
+    check_initial_weights(cfg, out=Path(out), resume=resume)
     ctx = dist_utils.init_distributed(device=device)
     try:
         with training_process_state(cfg.train), run_lock(Path(out), ctx):
             return Trainer(cfg, data_root=data_root, out=out, cache_dir=cache_dir, resume=resume, ctx=ctx).fit()
     finally:
         dist_utils.cleanup(ctx)
+
+
+def check_initial_weights(cfg: Config, *, out: Path, resume: bool) -> None:
+    """Fail now, before the run folder and an hour of cache building, when a run that starts from step 0 (a fresh
+    start, or a resume of a run without a checkpoint) cannot get its initial weights: a missing weights file, or
+    timm's weights unreachable offline without ``model.allow_random_init``. A resume takes them from last.pt."""
+    if resume and RunDir(out).last.is_file():
+        return
+    from cxrmtl.models import pretrained_source
+
+    m = cfg.model
+    pretrained_source(m.backbone, m.pretrained, allow_random_init=m.allow_random_init)
 
 
 @contextlib.contextmanager
