@@ -131,6 +131,15 @@ URGENCY_LEVELS: tuple[str, ...] = ("routine", "urgent", "critical")  # ascending
 # most this share of FIFO's, their maximum at most this multiple of FIFO's.
 TRIAGE_GOAL_MEAN_RATIO: float = 0.45
 TRIAGE_GOAL_MAX_RATIO: float = 1.10
+# Default reading room of `cxrmtl triage simulate` (docs/triage.md explains the choice): 40 chest X-rays an hour for
+# 24 h (~960 studies), 3 readers, lognormal read times with mean 4 min: offered utilisation 40 x 4 / (3 x 60) = 0.89.
+TRIAGE_SIM_ARRIVALS_PER_HOUR: float = 40.0
+TRIAGE_SIM_READERS: int = 3
+TRIAGE_SIM_READ_MINUTES: float = 4.0
+TRIAGE_SIM_READ_TIME: str = "lognormal"
+TRIAGE_SIM_HOURS: float = 24.0
+TRIAGE_SIM_UPPER_LIMIT_MINUTES: float = 60.0
+TRIAGE_SIM_SEEDS: int = 20
 # --- end triage ---------------------------------------------------------------------------------------------------
 
 # Image reader limits (decompression-bomb guard): largest side and total pixels accepted.

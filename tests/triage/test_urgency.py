@@ -18,6 +18,7 @@ from cxrmtl.triage.urgency import (
     load_urgency_config,
     score_urgency,
     score_urgency_batch,
+    threshold_scale,
 )
 
 THR = dict.fromkeys(L.FINDINGS, 0.4)
@@ -37,25 +38,44 @@ def test_packaged_yaml_agrees_with_labels() -> None:
     assert load_urgency_config(None) == default_urgency_config()
 
 
-def test_no_positive_finding_is_routine_with_score_zero() -> None:
+def test_no_positive_finding_is_routine() -> None:
     u = score_urgency(dict.fromkeys(L.FINDINGS, 0.1), THR)
-    assert (u.level, u.score, u.top_finding, u.positives, u.basis) == ("routine", 0.0, None, (), "thresholds")
+    assert (u.level, u.top_finding, u.positives, u.basis) == ("routine", None, (), "thresholds")
+    # Still ordered by how close the most urgent finding came: pneumothorax 0.1 of a 0.4 threshold -> q = 0.125.
+    assert u.score == pytest.approx(0.125)
+    assert score_urgency(dict.fromkeys(L.FINDINGS, 0.0), THR).score == 0.0
 
 
-def test_levels_and_score_tiers() -> None:
+def test_levels_and_scores() -> None:
     base = dict.fromkeys(L.FINDINGS, 0.0)
-    crit = score_urgency({**base, "Pneumothorax": 0.41}, THR)
+    crit = score_urgency({**base, "Pneumothorax": 0.7}, THR)
     urgent = score_urgency({**base, "Effusion": 0.99, "Nodule": 0.9}, THR)
     routine = score_urgency({**base, "Nodule": 0.99}, THR)
+    near_miss = score_urgency({**base, "Pneumothorax": 0.39}, THR)
     assert (crit.level, crit.top_finding) == ("critical", "Pneumothorax")
     assert (urgent.level, urgent.top_finding, urgent.positives) == ("urgent", "Effusion", ("Effusion", "Nodule"))
     assert (routine.level, routine.top_finding) == ("routine", "Nodule")
-    # Every critical study outranks every urgent one, which outranks routine (score = (tier + w p) / 3).
-    assert crit.score > urgent.score > routine.score > 0
-    assert crit.score == pytest.approx((2 + 1.0 * 0.41) / 3)
-    assert urgent.score == pytest.approx((1 + 0.9 * 0.99) / 3)
-    assert routine.score == pytest.approx(0.3 * 0.99 / 3)
+    assert (near_miss.level, near_miss.positives) == ("routine", ())
+    # score = max_f w_f q_f, q = threshold at 1/2: above it 1/2 + (p - t) / (2 (1 - t)), below it p / (2 t).
+    assert crit.score == pytest.approx(1.0 * (0.5 + 0.3 / 1.2))
+    assert urgent.score == pytest.approx(0.9 * (0.5 + 0.59 / 1.2))
+    assert routine.score == pytest.approx(0.3 * (0.5 + 0.59 / 1.2))
+    assert near_miss.score == pytest.approx(0.39 / 0.8)
+    # A positive pneumothorax scores at least 1/2; a near miss just below; weak urgent calls below both.
+    weak_urgent = score_urgency({**base, "Pneumonia": 0.41}, THR)
+    assert crit.score > near_miss.score > weak_urgent.score >= 0.25
     assert urgent.to_dict()["positives"] == ["Effusion", "Nodule"]
+
+
+def test_score_is_monotone_in_each_probability() -> None:
+    rng = np.random.default_rng(1)
+    probs = rng.random((200, len(L.FINDINGS)))
+    base = score_urgency_batch(probs, L.FINDINGS, THR).score
+    for k in range(len(L.FINDINGS)):
+        up = probs.copy()
+        up[:, k] = np.minimum(1.0, up[:, k] + 0.1)
+        assert np.all(score_urgency_batch(up, L.FINDINGS, THR).score >= base - 1e-12)
+    assert np.all((base >= 0) & (base <= 1))
 
 
 def test_threshold_is_inclusive_and_per_finding() -> None:
@@ -67,6 +87,7 @@ def test_threshold_is_inclusive_and_per_finding() -> None:
 def test_without_thresholds_probabilities_only() -> None:
     u = score_urgency({"Pneumothorax": 0.55, "Effusion": 0.45}, None)
     assert (u.level, u.positives, u.basis) == ("critical", ("Pneumothorax",), "probabilities")
+    assert u.score == pytest.approx(0.55)  # fallback threshold 0.5: q = p
     mixed = score_urgency({"Pneumothorax": 0.55, "Effusion": 0.45}, {"Pneumothorax": None, "Effusion": 0.3})
     assert mixed.basis == "mixed" and mixed.positives == ("Effusion", "Pneumothorax")
 
@@ -121,6 +142,19 @@ def test_missing_file_and_direct_construction_errors(tmp_path: Path) -> None:
         load_urgency_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"weights\.Mass"):
         UrgencyConfig(weights={"Mass": -1.0})
+
+
+def test_threshold_scale_edges_and_positive_override() -> None:
+    p = np.array([[0.0, 1.0, 1.0, 0.3]])
+    q = threshold_scale(p, np.array([0.0, 1.0, 0.9999999, 0.3]))
+    assert np.all(np.isfinite(q)) and q[0, 0] == 0.5 and q[0, 1] == 0.5 and q[0, 3] == 0.5
+    # Calls made elsewhere at the thresholds win over the comparison (e.g. predictions.csv's _positive columns).
+    probs = np.array([[0.6, 0.2]])
+    forced = score_urgency_batch(probs, ("Pneumothorax", "Mass"), None, positive=np.array([[False, True]]))
+    assert forced.row(0).positives == ("Mass",) and forced.row(0).level == "urgent"
+    assert forced.score[0] == pytest.approx(max(1.0 * (0.5 - 1e-12), 0.55 * 0.5))
+    with pytest.raises(EvaluationError, match="positive"):
+        score_urgency_batch(probs, ("Pneumothorax", "Mass"), None, positive=np.zeros((2, 2), bool))
 
 
 def test_finding_thresholds_from_a_thresholds_object() -> None:

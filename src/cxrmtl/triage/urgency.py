@@ -1,17 +1,25 @@
 """Urgency of one study from its finding probabilities: the rule every worklist in cxrmtl sorts by.
 
-The rule (docs/triage.md), after Annarumma et al., Radiology 2019 (priority = the most urgent class among the
-findings the model calls positive) and Baltruschat et al., Eur Radiol 2021 (urgency order of the findings):
+The rule (docs/triage.md), after Annarumma et al., Radiology 2019 (priority classes critical / urgent / non-urgent /
+normal, a study taking the most urgent class the model finds) and Baltruschat et al., Eur Radiol 2021 (urgency
+order of the findings):
 
 1. A finding is *positive* when its probability reaches its operating threshold (``p >= t``, the val-chosen
-   threshold of RUN/thresholds.json). Without thresholds, or where a finding's threshold is undefined, the
-   probability must reach ``fallback_threshold`` (0.5): "probabilities only", reported in ``Urgency.basis``.
+   threshold of RUN/thresholds.json). Without thresholds, or where a finding's threshold is undefined, ``t`` is
+   ``fallback_threshold`` (0.5): "probabilities only", reported in ``Urgency.basis``.
 2. The *level* is "critical" when a positive finding is in the critical set, else "urgent" when a positive finding
    has weight >= ``urgent_weight``, else "routine". A study with no positive finding is routine.
-3. The *score* is ``(tier + w * p) / 3`` with tier 0/1/2 for routine/urgent/critical and ``w * p`` the largest
-   weight x probability among the positive findings of that tier (0 without positives). Scores lie in [0, 1], every
-   critical study outranks every urgent one, which outranks every routine one, and within a level the more
-   probable, heavier finding comes first.
+3. The *score*, which orders the worklist, is ``max_f w_f * q_f`` in [0, 1], where ``q_f`` is the probability
+   rescaled so that the threshold sits at 1/2 (``q = p / (2t)`` below it, ``1/2 + (p - t) / (2 (1 - t))`` above;
+   with t = 0.5, q = p). The thresholds put every finding's probability on one scale (a rare finding's threshold
+   may be 0.05, a common one's 0.4), the weights rank the findings. Positive critical findings score >= w/2 = 0.5.
+
+Why one continuous score rather than strict levels: with a model of AUROC ~0.85, the operating point that
+maximises Youden's J flags roughly a fifth of the studies as pneumothorax and most as something urgent, so strict
+levels put every weak call above every missed (sub-threshold) pneumothorax, which then waits longest of all. In the
+simulation the continuous score halved the pneumothorax time-to-report ratio against strict levels (docs/triage.md).
+The level is what the model calls; the score is the order. A near-miss pneumothorax (p just under its threshold)
+can therefore precede a weak urgent call: that is intended.
 """
 
 from __future__ import annotations
@@ -182,8 +190,14 @@ def score_urgency_batch(
     thresholds: Mapping[str, float | None] | None,
     *,
     config: UrgencyConfig | None = None,
+    positive: np.ndarray | None = None,
 ) -> UrgencyBatch:
-    """Urgency of every row of ``probabilities`` (N, K), columns named ``names``; non-finding columns are ignored."""
+    """Urgency of every row of ``probabilities`` (N, K), columns named ``names``; non-finding columns are ignored.
+
+    ``positive`` (N, K) bool, optional: positive calls made elsewhere at the operating thresholds (e.g. the
+    ``<Finding>_positive`` columns of evaluation's predictions.csv, whose probabilities may be temperature-scaled
+    while the thresholds are not); it replaces the ``p >= threshold`` comparison.
+    """
     cfg = config or default_urgency_config()
     probs = np.asarray(probabilities, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(names):
@@ -195,17 +209,34 @@ def score_urgency_batch(
     thr = np.array([cfg.fallback_threshold if thresholds is None or thresholds.get(n) is None else thresholds[n]
                     for n in names], dtype=np.float64)
     weight = np.array([cfg.weights.get(n, 0.0) for n in names], dtype=np.float64)
+    if positive is None:
+        positive = probs >= thr
+    elif np.shape(positive) != probs.shape:
+        raise EvaluationError(f"positive: shape {np.shape(positive)} does not match probabilities {probs.shape}")
+    positive = np.asarray(positive, dtype=bool) & keep
+    wq = np.where(keep, weight * threshold_scale(probs, thr, positive), 0.0)
+    score = wq.max(axis=1, initial=0.0)
     col_tier = np.where([n in cfg.critical for n in names], 2, np.where(weight >= cfg.urgent_weight, 1, 0))
-    positive = (probs >= thr) & keep
     tier = np.where(positive, col_tier, -1).max(axis=1, initial=-1)
-    # Within the study's tier, the positive finding with the largest weight x probability leads.
-    lead = np.where(positive & (col_tier[None, :] == tier[:, None]), weight * probs, -1.0)
+    # The top finding: the positive finding of the study's level with the largest weight x scaled probability.
+    lead = np.where(positive & (col_tier[None, :] == tier[:, None]), wq, -1.0)
     top = np.where(tier >= 0, lead.argmax(axis=1) if lead.size else -1, -1)
-    wp = np.where(tier >= 0, lead.max(axis=1, initial=-1.0), 0.0)
-    tier = np.maximum(tier, 0).astype(np.int8)
-    score = (tier + wp) / len(L.URGENCY_LEVELS)
-    return UrgencyBatch(names=names, score=score, tier=tier, top=top.astype(np.int64), positive=positive,
-                        basis=_basis([n for n in names if n in cfg.weights], thresholds))
+    return UrgencyBatch(names=names, score=score, tier=np.maximum(tier, 0).astype(np.int8), top=top.astype(np.int64),
+                        positive=positive, basis=_basis([n for n in names if n in cfg.weights], thresholds))
+
+
+def threshold_scale(probs: np.ndarray, thresholds: np.ndarray, positive: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities rescaled piecewise-linearly so that each column's threshold maps to 1/2 (monotone, in [0, 1]).
+
+    ``positive`` (same shape, optional) decides the side of 1/2 when given: a call made at the threshold elsewhere
+    stays on its side even if rounding put ``p`` a hair across ``t``.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), p.shape)
+    above = p >= t if positive is None else np.asarray(positive, dtype=bool)
+    low = 0.5 * p / np.maximum(t, 1e-12)
+    high = 0.5 + 0.5 * (p - t) / np.maximum(1.0 - t, 1e-12)
+    return np.clip(np.where(above, np.maximum(high, 0.5), np.minimum(low, 0.5 - 1e-12)), 0.0, 1.0)
 
 
 def score_urgency(
