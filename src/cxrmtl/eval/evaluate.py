@@ -463,9 +463,20 @@ def evaluate_run(
     figs = make_figures(ev, evaluation, log_path=run / "log.jsonl", n_bins=options.n_bins) if figures else []
     title = f"cxrmtl evaluation: {run.name} ({split})"
     paths = render_report(ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title), out_dir=out_dir,
-                          sections=list(sections))
+                          sections=[*sections, *triage_sections(run, split)])
     return RunEvaluation(out_dir=out_dir, metrics_path=metrics_path, report_md=paths.markdown,
                          report_html=paths.html, thresholds_path=thresholds_path, evaluation=evaluation)
+
+
+def triage_sections(run: Path, split: str) -> list[object]:
+    """The reading-room simulation's section (``cxrmtl triage simulate`` writes RUN/triage/<split>/), if any."""
+    from cxrmtl.report.render import load_section
+
+    path = Path(run) / "triage" / split / "triage_section.json"
+    checkpoints = [p.stat().st_mtime for p in (Path(run) / "checkpoints").glob("*.pt")]
+    if not path.is_file() or path.stat().st_mtime < max(checkpoints, default=0.0):
+        return []  # none, or simulated with an older model: rerun `cxrmtl triage simulate`
+    return [load_section(path)]
 
 
 def _now() -> str:
