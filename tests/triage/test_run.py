@@ -102,6 +102,13 @@ def test_predictions_csv_gives_the_same_pool_as_the_model(evaluated: tuple[Path,
     np.testing.assert_array_equal(csv_pool.truth, model_pool.truth)
     np.testing.assert_allclose(csv_pool.urgency, model_pool.urgency, atol=1e-7)
     np.testing.assert_array_equal(csv_pool.level, model_pool.level)
+    # A file without finding columns is not used: the model predicts instead (the index then finds the images).
+    csv.write_text("image,foo\nx.png,1\n")
+    try:
+        _, facts = build_pool(run, data_root=root, split="test", config=config)
+    finally:
+        csv.unlink()
+    assert facts["predictions"].endswith("on test")
 
 
 @dataclass(frozen=True)

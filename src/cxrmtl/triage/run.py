@@ -181,6 +181,8 @@ def build_pool(run: Path, *, data_root: Path | None, split: str, config: Urgency
         log.warning("%s: no thresholds.json (run `cxrmtl evaluate` first): urgency from probabilities only", run)
     preds = read_predictions_csv(csv, index, thresholds) if csv.is_file() else None
     if preds is None:
+        if csv.is_file():  # the index was built without looking for image files
+            index = load_index(root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
         preds = predict_with_model(run, index, data_root=root, cache_dir=cache_dir or recorded_cache, split=split,
                                    which=which, device=device, batch_size=batch_size)
     truth = index.findings[preds.rows][:, [L.FINDING_INDEX[n] for n in preds.names]]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -220,7 +220,6 @@ class SimulationResult:
     waiting_at_close: dict[str, np.ndarray]  # policy -> (seeds,)
     busy: dict[str, np.ndarray]  # policy -> (seeds,) share of reader time spent reading until the last report
     n_studies: np.ndarray  # (seeds,)
-    extra: dict[str, object] = field(default_factory=dict)
 
     def interval(self, values: np.ndarray) -> dict[str, float | None]:
         """Mean over seeds and the percentile interval (``options.level``) of per-seed values; NaN days left out."""
@@ -338,11 +337,6 @@ def summary_json(result: SimulationResult, pool: StudyPool) -> dict[str, object]
         "policies": policies,
         "goal": check_goal(result).to_json(),
     }
-
-
-def critical_groups(pool: StudyPool) -> list[str]:
-    """The groups a report highlights: the critical pool, then each critical finding present in the pool."""
-    return [CRITICAL_GROUP, *[c for c in pool.critical if c in pool.names]]
 
 
 def pool_from_arrays(

@@ -166,9 +166,6 @@ class UrgencyBatch:
     positive: np.ndarray  # (N, K) bool
     basis: str
 
-    def levels(self) -> np.ndarray:
-        return np.asarray(L.URGENCY_LEVELS, dtype=object)[self.tier]
-
     def row(self, i: int) -> Urgency:
         top = int(self.top[i])
         return Urgency(score=float(self.score[i]), level=L.URGENCY_LEVELS[int(self.tier[i])],
