@@ -45,14 +45,15 @@ def _present(doc: Mapping[str, Any], group: str) -> bool:
 
 
 def highlighted_groups(doc: Mapping[str, Any]) -> list[str]:
-    """The critical pool, each critical finding with true positives in the pool, and all studies."""
-    groups = [CRITICAL_GROUP, *doc["pool"]["critical"], ALL_GROUP]
+    """The critical pool, each critical finding (when there are several) present in the pool, and all studies."""
+    critical = list(doc["pool"]["critical"])
+    groups = [CRITICAL_GROUP, *(critical if len(critical) > 1 else []), ALL_GROUP]
     return [g for g in groups if _present(doc, g)]
 
 
 def other_groups(doc: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(the remaining findings with true positives in the pool, those without)."""
-    rest = [g for g in doc["groups"] if g not in (CRITICAL_GROUP, ALL_GROUP, *doc["pool"]["critical"])]
+    rest = [g for g in doc["groups"] if g not in (CRITICAL_GROUP, ALL_GROUP, *highlighted_groups(doc))]
     return [g for g in rest if _present(doc, g)], [g for g in rest if not _present(doc, g)]
 
 
@@ -125,12 +126,13 @@ def markdown(doc: Mapping[str, Any], *, figure_file: str | None = None) -> str:
         parts += ["**PHANTOM DATA**: synthetic images and labels; these times describe the simulation fed with "
                   "phantom predictions, not clinical performance.", ""]
     parts += [f"**{goal_line(doc)}**", "", *[f"- {line}" for line in setup_lines(doc)], ""]
-    parts += [f"## Critical findings and all studies ({label})", "",
+    crit = ", ".join(doc["pool"]["critical"])
+    parts += [f"## Critical findings ({crit}) and all studies ({label})", "",
               markdown_table(HEADERS, _rows(doc, highlighted_groups(doc))), ""]
     if figure_file:
         parts += [f"![time to report per policy ({label})]({figure_file})", ""]
     others, absent = other_groups(doc)
-    parts += [f"## The other findings' true-positive studies ({label})", "",
+    parts += [f"## Each finding's true-positive studies ({label})", "",
               markdown_table(HEADERS, _rows(doc, others)) if others else "None in the pool.", ""]
     if absent:
         parts += [f"No true positive in the pool (no row): {', '.join(absent)}.", ""]
