@@ -26,7 +26,13 @@ sys.path.insert(0, str(REPO / "bench"))
 from machine import cpu_model  # noqa: E402
 
 from cxrmtl import labels as L  # noqa: E402
-from cxrmtl.triage.simulate import SimulationOptions, draw_day, pool_from_arrays, simulate_queue  # noqa: E402
+from cxrmtl.triage.simulate import (  # noqa: E402
+    SimulationOptions,
+    draw_day,
+    pool_from_arrays,
+    resolve_upper_limit,
+    simulate_queue,
+)
 from cxrmtl.triage.worklist import POLICIES, QueuedStudy, order_worklist  # noqa: E402
 
 
@@ -71,19 +77,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     pool, opts = synthetic_pool(), SimulationOptions()
+    limit = resolve_upper_limit(pool, opts)
     days = [draw_day(pool, opts, np.random.default_rng([0, s])) for s in range(args.days)]
     start = time.perf_counter()
     fast = {}
     for s, d in enumerate(days):
         for p in opts.policies:
             fast[s, p] = simulate_queue(d.arrivals, pool.urgency[d.studies], d.durations, readers=opts.readers,
-                                        policy_name=p, upper_limit_minutes=opts.upper_limit_minutes).end
+                                        policy_name=p, upper_limit_minutes=limit).end
     heap_s = time.perf_counter() - start
     start = time.perf_counter()
     for s, d in enumerate(days[: args.naive_days]):
         for p in opts.policies:
             end = naive_queue(d.arrivals, pool.urgency[d.studies], d.durations, readers=opts.readers, policy=p,
-                              limit=opts.upper_limit_minutes)
+                              limit=limit)
             np.testing.assert_allclose(end, fast[s, p])
     naive_s = (time.perf_counter() - start) * args.days / args.naive_days
     studies = np.mean([len(d.arrivals) for d in days])

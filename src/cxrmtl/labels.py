@@ -125,6 +125,11 @@ URGENCY_CRITICAL: tuple[str, ...] = ("Pneumothorax",)
 URGENCY_URGENT_WEIGHT: float = 0.50
 # Without operating thresholds (run not evaluated on val) a finding counts when its probability reaches this.
 URGENCY_FALLBACK_THRESHOLD: float = 0.50
+# Which of the run's val operating points (eval.thresholds.THRESHOLD_METHODS) calls findings positive for triage: the
+# one at EVAL_TARGET_SENSITIVITY (0.90). A critical finding the model misses sinks to the end of the worklist
+# (Baltruschat et al. 2021's false-negative problem), so triage runs where computer-aided triage devices run: at high
+# sensitivity. On the demo phantom Youden's point found 10 of 25 test pneumothoraces, this one 23 (docs/triage.md).
+URGENCY_THRESHOLD_METHOD: str = "sensitivity"
 URGENCY_LEVELS: tuple[str, ...] = ("routine", "urgent", "critical")  # ascending; index = tier of the score
 # Goal of the reading-room simulation (issue 9), from Baltruschat et al. 2021's pneumothorax result with an upper
 # limit (mean 35.6 / 80.1 min = 0.44 of FIFO; maximum about 1.1 of FIFO): critical findings' mean time to report at
@@ -135,14 +140,13 @@ TRIAGE_GOAL_MAX_RATIO: float = 1.10
 # measurements): one reader on the chest X-ray worklist, 36 studies an hour for 24 h (~860 a day, a large hospital's
 # volume), lognormal read times with mean 1.5 min (chest X-rays are read in one to two minutes). Offered utilisation
 # 36 x 1.5 / 60 = 0.90: loaded enough that the order matters (below ~0.8 queues stay short), stable within a day
-# (near 1 the queue grows all day). The upper limit, 2 h, is above every FIFO wait in this room (maximum ~30 min), so
-# it touches only the studies that urgency order would otherwise starve (up to ~4.5 h without it).
+# (near 1 the queue grows all day). The upper limit is "auto": FIFO's longest wait in the same room (simulate.py).
 TRIAGE_SIM_ARRIVALS_PER_HOUR: float = 36.0
 TRIAGE_SIM_READERS: int = 1
 TRIAGE_SIM_READ_MINUTES: float = 1.5
 TRIAGE_SIM_READ_TIME: str = "lognormal"
 TRIAGE_SIM_HOURS: float = 24.0
-TRIAGE_SIM_UPPER_LIMIT_MINUTES: float = 120.0
+TRIAGE_SIM_UPPER_LIMIT: float | str = "auto"
 TRIAGE_SIM_SEEDS: int = 20
 # --- end triage ---------------------------------------------------------------------------------------------------
 

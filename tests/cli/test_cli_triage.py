@@ -65,6 +65,7 @@ def test_help_lists_simulate() -> None:
         (["--read-time", "gamma"], "read_time"),
         (["--arrivals-per-hour", "-3"], "arrivals_per_hour"),
         (["--split", "holdout"], "--split"),
+        (["--upper-limit-minutes", "soon"], "--upper-limit-minutes"),
         ([], "--data"),
     ],
 )

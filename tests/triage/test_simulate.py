@@ -18,7 +18,9 @@ from cxrmtl.triage.simulate import (
     READ_TIMES,
     SimulationOptions,
     StudyPool,
+    auto_upper_limit,
     check_goal,
+    draw_day,
     pool_from_arrays,
     run_simulation,
     simulate_queue,
@@ -152,11 +154,29 @@ def test_options_validation() -> None:
     for kwargs, field in [({"readers": 0}, "readers"), ({"arrivals_per_hour": -1}, "arrivals_per_hour"),
                           ({"read_time": "gamma"}, "read_time"), ({"policies": ("lifo",)}, "policies"),
                           ({"upper_limit_minutes": None}, "upper_limit_minutes"), ({"seeds": 0}, "seeds"),
-                          ({"hours": float("nan")}, "hours")]:
+                          ({"hours": float("nan")}, "hours"), ({"upper_limit_minutes": "soon"}, "upper_limit"),
+                          ({"upper_limit_minutes": -5.0}, "upper_limit")]:
         with pytest.raises(ConfigError, match=field):
             SimulationOptions(**kwargs)
     assert SimulationOptions(upper_limit_minutes=None, policies=("fifo", "urgency")).upper_limit_minutes is None
     assert 0.8 <= SimulationOptions().utilisation <= 0.95
+
+
+def test_auto_upper_limit_is_fifos_longest_wait_on_separate_days() -> None:
+    pool = synthetic_pool()
+    opts = SimulationOptions(seeds=5, hours=6)
+    res = run_simulation(pool, opts)
+    assert res.upper_limit == pytest.approx(auto_upper_limit(pool, opts))
+    longest = []
+    for s in range(5):  # the calibration days, by hand
+        day = draw_day(pool, opts, np.random.default_rng([opts.seed, s, 1]))
+        q = simulate_queue(day.arrivals, pool.urgency[day.studies], day.durations, readers=1, policy_name="fifo")
+        longest.append((q.start - day.arrivals).max())
+    assert res.upper_limit == pytest.approx(np.mean(longest))
+    doc = summary_json(res, pool)
+    assert doc["options"]["upper_limit_rule"] == "auto" and doc["options"]["upper_limit_minutes"] == res.upper_limit
+    fixed = summary_json(run_simulation(pool, SimulationOptions(seeds=2, hours=2, upper_limit_minutes=50)), pool)
+    assert fixed["options"]["upper_limit_minutes"] == 50 and fixed["options"]["upper_limit_rule"] == "fixed"
 
 
 @pytest.mark.parametrize("name", list(READ_TIMES))

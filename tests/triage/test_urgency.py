@@ -19,6 +19,7 @@ from cxrmtl.triage.urgency import (
     score_urgency,
     score_urgency_batch,
     threshold_scale,
+    triage_thresholds,
 )
 
 THR = dict.fromkeys(L.FINDINGS, 0.4)
@@ -125,6 +126,7 @@ def test_custom_weights_change_the_order(tmp_path: Path) -> None:
         ("triage:\n  urgent_weight: 2\n", "triage.urgent_weight"),
         ("triage:\n  fallback_threshold: 0\n", "triage.fallback_threshold"),
         ("triage:\n  colour: red\n", "triage.colour"),
+        ("triage:\n  threshold_method: roc\n", "triage.threshold_method"),
         ("triage: [1, 2]\n", "triage"),
         ("weights: {Mass: 0.1\n", "invalid YAML"),
     ],
@@ -155,6 +157,15 @@ def test_threshold_scale_edges_and_positive_override() -> None:
     assert forced.score[0] == pytest.approx(max(1.0 * (0.5 - 1e-12), 0.55 * 0.5))
     with pytest.raises(EvaluationError, match="positive"):
         score_urgency_batch(probs, ("Pneumothorax", "Mass"), None, positive=np.zeros((2, 2), bool))
+
+
+def test_triage_thresholds_use_the_configured_operating_point() -> None:
+    thr = Thresholds(methods={"youden": {"findings": {"Mass": 0.2}}, "sensitivity": {"findings": {"Mass": 0.05}}})
+    assert triage_thresholds(thr) == {"Mass": 0.05}  # default: the 90 %-sensitivity point
+    assert triage_thresholds(thr, UrgencyConfig(threshold_method="youden")) == {"Mass": 0.2}
+    only = Thresholds(methods={"youden": {"findings": {"Mass": 0.2}}})
+    assert triage_thresholds(only) == {"Mass": 0.2}  # not recorded: the run's default method
+    assert triage_thresholds(None) is None
 
 
 def test_finding_thresholds_from_a_thresholds_object() -> None:

@@ -29,9 +29,10 @@ def simulate_command(
         L.TRIAGE_SIM_READ_TIME, "--read-time", help="Read-time distribution: fixed, exponential or lognormal."
     ),
     hours: float = typer.Option(L.TRIAGE_SIM_HOURS, "--hours", help="Opening hours with arrivals (then drain)."),
-    upper_limit: float = typer.Option(
-        L.TRIAGE_SIM_UPPER_LIMIT_MINUTES, "--upper-limit-minutes",
-        help="Waiting time after which a study goes first (policy urgency_upper_limit).",
+    upper_limit: str = typer.Option(
+        str(L.TRIAGE_SIM_UPPER_LIMIT), "--upper-limit-minutes",
+        help="Waiting time (minutes) after which a study goes first (policy urgency_upper_limit); "
+        "auto = FIFO's longest wait in the same room.",
     ),
     seeds: int = typer.Option(L.TRIAGE_SIM_SEEDS, "--seeds", help="Simulated days (the intervals are over them)."),
     seed: int = typer.Option(0, "--seed", help="Base seed of the simulated days."),
@@ -45,13 +46,18 @@ def simulate_command(
     """Simulate FIFO vs urgency vs urgency + upper limit; write triage.json, triage.md, a figure and a section."""
     import logging
 
+    from cxrmtl.errors import ConfigError
     from cxrmtl.triage.run import simulate_run
     from cxrmtl.triage.simulate import SimulationOptions
     from cxrmtl.triage.urgency import load_urgency_config
 
+    try:
+        limit: float | str = upper_limit if upper_limit == "auto" else float(upper_limit)
+    except ValueError:
+        raise ConfigError(f"--upper-limit-minutes: a number of minutes or auto, got {upper_limit!r}") from None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     options = SimulationOptions(arrivals_per_hour=arrivals, readers=readers, read_minutes=read_minutes,
-                                read_time=read_time, hours=hours, upper_limit_minutes=upper_limit, seeds=seeds,
+                                read_time=read_time, hours=hours, upper_limit_minutes=limit, seeds=seeds,
                                 seed=seed)
     result = simulate_run(run, data_root=data, split=split, options=options,
                           config=load_urgency_config(urgency_config), out=out, cache_dir=cache, device=device)

@@ -75,8 +75,11 @@ HEADERS = ("studies", "policy", "n per day", "mean (min)", "median", "p95", "max
 
 def setup_lines(doc: Mapping[str, Any]) -> list[str]:
     o, pool = doc["options"], doc["pool"]
-    limit = f"{o['upper_limit_minutes']:g} min" if o["upper_limit_minutes"] is not None else "none"
-    basis = {"thresholds": "the run's validation operating thresholds",
+    limit = "none" if o["upper_limit_minutes"] is None else f"{o['upper_limit_minutes']:.1f} min" + (
+        " (auto: FIFO's longest wait in this room, mean of separate calibration days)"
+        if o.get("upper_limit_rule") == "auto" else "")
+    method = (doc.get("thresholds") or {}).get("method")
+    basis = {"thresholds": f"the run's validation operating thresholds ({method})",
              "probabilities": "probabilities only (no validation thresholds: p >= 0.5 counts as positive)",
              "mixed": "validation thresholds where defined, p >= 0.5 elsewhere"}.get(pool["urgency_basis"], "?")
     levels = ", ".join(f"{k} {v}" for k, v in pool["levels"].items())

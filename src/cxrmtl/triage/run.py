@@ -22,7 +22,7 @@ import numpy as np
 from cxrmtl import labels as L
 from cxrmtl.errors import ConfigError, RunError
 from cxrmtl.triage.simulate import SimulationOptions, StudyPool, pool_from_arrays, run_simulation, summary_json
-from cxrmtl.triage.urgency import UrgencyConfig, default_urgency_config, finding_thresholds
+from cxrmtl.triage.urgency import UrgencyConfig, default_urgency_config, triage_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,11 @@ def read_predictions_csv(path: Path, index: Any, thresholds: Any) -> SplitPredic
     if "calibrated" in table.columns and table["calibrated"].astype(str).str.lower().eq("true").any():
         # Temperature-scaled probabilities: map back to the scale the thresholds were chosen on (T is monotone).
         temps = [_temperature(thresholds, n) for n in names]
+        if any(t is None for t in temps):
+            log.warning("%s: calibrated probabilities without the run's temperatures; predicting with the model", path)
+            return None
         for k, t in enumerate(temps):
-            if t is not None:
-                probs[:, k] = apply_temperature(probs[:, k], 1.0 / t)
+            probs[:, k] = apply_temperature(probs[:, k], 1.0 / t)
     positive = None
     cols = [f"{n}_positive" for n in names]
     if all(c in table.columns for c in cols) and table[cols].notna().all().all():
@@ -186,12 +188,17 @@ def build_pool(run: Path, *, data_root: Path | None, split: str, config: Urgency
         preds = predict_with_model(run, index, data_root=root, cache_dir=cache_dir or recorded_cache, split=split,
                                    which=which, device=device, batch_size=batch_size)
     truth = index.findings[preds.rows][:, [L.FINDING_INDEX[n] for n in preds.names]]
+    used = triage_thresholds(thresholds, config)
+    method = None if thresholds is None else (
+        config.threshold_method if config.threshold_method in thresholds.methods else thresholds.default)
+    # The CSV's <Finding>_positive calls are at the run's default operating point: usable only when triage uses it.
+    positive = preds.positive if thresholds is not None and method == thresholds.default else None
     pool = pool_from_arrays(preds.images, preds.probabilities, preds.names, truth,
-                            thresholds=finding_thresholds(thresholds), config=config, positive=preds.positive)
+                            thresholds=used, config=config, positive=positive)
     kind = detect_data_kind(root, n_images=len(index), n_test=len(index.rows("test")))
     facts = {"run": str(run), "run_name": run.name, "split": split, "data_root": str(root.resolve()),
              "data_kind": kind, "predictions": preds.source,
-             "thresholds": None if thresholds is None else {"method": thresholds.default, "split": thresholds.split}}
+             "thresholds": None if thresholds is None else {"method": method, "split": thresholds.split}}
     return pool, facts
 
 

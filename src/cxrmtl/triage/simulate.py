@@ -33,6 +33,7 @@ from cxrmtl.triage.worklist import POLICIES, QueuedStudy, policy
 STAT_NAMES: tuple[str, ...] = ("mean", "median", "p95", "max")
 ALL_GROUP = "all studies"
 CRITICAL_GROUP = "critical (any)"
+AUTO_LIMIT = "auto"
 LOGNORMAL_SIGMA = 0.5  # log-sd of lognormal read times: a coefficient of variation of 0.53 (sqrt(exp(0.25) - 1))
 
 
@@ -67,7 +68,7 @@ class SimulationOptions:
     read_minutes: float = L.TRIAGE_SIM_READ_MINUTES
     read_time: str = L.TRIAGE_SIM_READ_TIME
     hours: float = L.TRIAGE_SIM_HOURS
-    upper_limit_minutes: float | None = L.TRIAGE_SIM_UPPER_LIMIT_MINUTES
+    upper_limit_minutes: float | str | None = L.TRIAGE_SIM_UPPER_LIMIT  # minutes, "auto" (auto_upper_limit), None
     seeds: int = L.TRIAGE_SIM_SEEDS
     seed: int = 0
     policies: tuple[str, ...] = tuple(POLICIES)
@@ -82,8 +83,11 @@ class SimulationOptions:
         for name, value in (("readers", self.readers), ("seeds", self.seeds)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-        if self.upper_limit_minutes is not None and not self.upper_limit_minutes > 0:
-            raise ConfigError(f"upper_limit_minutes: must be positive, got {self.upper_limit_minutes!r}")
+        limit = self.upper_limit_minutes
+        if isinstance(limit, str) and limit != AUTO_LIMIT:
+            raise ConfigError(f"upper_limit_minutes: must be a number of minutes or {AUTO_LIMIT!r}, got {limit!r}")
+        if limit is not None and not isinstance(limit, str) and not (isinstance(limit, int | float) and limit > 0):
+            raise ConfigError(f"upper_limit_minutes: must be positive, got {limit!r}")
         if self.read_time not in READ_TIMES:
             raise ConfigError(f"read_time: unknown {self.read_time!r} (expected one of {', '.join(READ_TIMES)})")
         unknown = [p for p in self.policies if p not in POLICIES]
@@ -220,6 +224,7 @@ class SimulationResult:
     waiting_at_close: dict[str, np.ndarray]  # policy -> (seeds,)
     busy: dict[str, np.ndarray]  # policy -> (seeds,) share of reader time spent reading until the last report
     n_studies: np.ndarray  # (seeds,)
+    upper_limit: float | None = None  # minutes actually used (``"auto"`` resolved)
 
     def interval(self, values: np.ndarray) -> dict[str, float | None]:
         """Mean over seeds and the percentile interval (``options.level``) of per-seed values; NaN days left out."""
@@ -242,8 +247,34 @@ class SimulationResult:
         return self.interval(self.stats[policy_name][:, self.groups.index(group), STAT_NAMES.index(stat)])
 
 
+def auto_upper_limit(pool: StudyPool, options: SimulationOptions) -> float:
+    """The upper limit of ``"auto"``: FIFO's longest wait in this room, averaged over ``options.seeds`` calibration
+    days that are not the measured ones (SeedSequence([seed, s, 1])).
+
+    The goal keeps the maximum time to report near FIFO's; a limit at the longest wait FIFO would impose makes an
+    overdue study (typically a critical finding the model missed) wait about as long as under FIFO and no longer
+    (Baltruschat et al. 2021 set the limit against the FIFO turnaround of their department). A department would take
+    the number from its own FIFO history; the simulation takes it from FIFO days of the same room.
+    """
+    longest = []
+    for s in range(options.seeds):
+        day = draw_day(pool, options, np.random.default_rng([options.seed, s, 1]))
+        res = simulate_queue(day.arrivals, pool.urgency[day.studies], day.durations, readers=options.readers,
+                             policy_name="fifo")
+        longest.append(float((res.start - day.arrivals).max()) if len(day.arrivals) else 0.0)
+    return max(float(np.mean(longest)), 1e-6)
+
+
+def resolve_upper_limit(pool: StudyPool, options: SimulationOptions) -> float | None:
+    """The limit in minutes that the simulation uses (``"auto"`` resolved by ``auto_upper_limit``)."""
+    if options.upper_limit_minutes == AUTO_LIMIT:
+        return auto_upper_limit(pool, options)
+    return None if options.upper_limit_minutes is None else float(options.upper_limit_minutes)
+
+
 def run_simulation(pool: StudyPool, options: SimulationOptions) -> SimulationResult:
     """Simulate ``options.seeds`` days under every policy; seed s uses numpy's SeedSequence([seed, s])."""
+    limit = resolve_upper_limit(pool, options)
     groups = pool.groups()
     names = tuple(groups)
     member = np.stack([groups[g] for g in names], axis=1)  # (N, G)
@@ -259,14 +290,14 @@ def run_simulation(pool: StudyPool, options: SimulationOptions) -> SimulationRes
         counts[s], n_studies[s] = m.sum(axis=0), len(day.studies)
         for p in options.policies:
             res = simulate_queue(day.arrivals, pool.urgency[day.studies], day.durations, readers=options.readers,
-                                 policy_name=p, upper_limit_minutes=options.upper_limit_minutes)
+                                 policy_name=p, upper_limit_minutes=limit)
             ttr = res.end - day.arrivals
             stats[p][s] = np.stack([_stats(ttr[m[:, g]]) for g in range(len(names))])
             waiting[p][s] = int(np.sum((day.arrivals <= close) & (res.start > close)))
             last = float(res.end.max()) if len(ttr) else 0.0
             busy[p][s] = float(day.durations.sum() / (options.readers * last)) if last > 0 else 0.0
     return SimulationResult(options=options, groups=names, stats=stats, counts=counts, waiting_at_close=waiting,
-                            busy=busy, n_studies=n_studies)
+                            busy=busy, n_studies=n_studies, upper_limit=limit)
 
 
 @dataclass(frozen=True)
@@ -326,7 +357,8 @@ def summary_json(result: SimulationResult, pool: StudyPool) -> dict[str, object]
     o = result.options
     return {
         "options": {"arrivals_per_hour": o.arrivals_per_hour, "readers": o.readers, "read_minutes": o.read_minutes,
-                    "read_time": o.read_time, "hours": o.hours, "upper_limit_minutes": o.upper_limit_minutes,
+                    "read_time": o.read_time, "hours": o.hours, "upper_limit_minutes": result.upper_limit,
+                    "upper_limit_rule": "auto" if o.upper_limit_minutes == AUTO_LIMIT else "fixed",
                     "seeds": o.seeds, "seed": o.seed, "policies": list(o.policies), "level": o.level,
                     "offered_utilisation": o.utilisation},
         "pool": {"images": len(pool.images), "levels": levels, "critical": list(pool.critical),

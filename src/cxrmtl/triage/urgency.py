@@ -4,9 +4,10 @@ The rule (docs/triage.md), after Annarumma et al., Radiology 2019 (priority clas
 normal, a study taking the most urgent class the model finds) and Baltruschat et al., Eur Radiol 2021 (urgency
 order of the findings):
 
-1. A finding is *positive* when its probability reaches its operating threshold (``p >= t``, the val-chosen
-   threshold of RUN/thresholds.json). Without thresholds, or where a finding's threshold is undefined, ``t`` is
-   ``fallback_threshold`` (0.5): "probabilities only", reported in ``Urgency.basis``.
+1. A finding is *positive* when its probability reaches its operating threshold (``p >= t``, chosen on val and
+   stored in RUN/thresholds.json; by default the 90 %-sensitivity point, ``threshold_method``, because a critical
+   finding the model misses sinks to the end of the worklist). Without thresholds, or where a finding's threshold
+   is undefined, ``t`` is ``fallback_threshold`` (0.5): "probabilities only", reported in ``Urgency.basis``.
 2. The *level* is "critical" when a positive finding is in the critical set, else "urgent" when a positive finding
    has weight >= ``urgent_weight``, else "routine". A study with no positive finding is routine.
 3. The *score*, which orders the worklist, is ``max_f w_f * q_f`` in [0, 1], where ``q_f`` is the probability
@@ -24,6 +25,7 @@ can therefore precede a weak urgent call: that is intended.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,9 +38,10 @@ from cxrmtl import labels as L
 from cxrmtl.errors import ConfigError, EvaluationError
 
 # Keys of the YAML ``triage:`` section handled here; the simulation keys live in triage/simulate.py.
-CONFIG_KEYS: tuple[str, ...] = ("weights", "critical", "urgent_weight", "fallback_threshold")
+CONFIG_KEYS: tuple[str, ...] = ("weights", "critical", "urgent_weight", "fallback_threshold", "threshold_method")
 # Simulation keys a triage YAML may carry next to the urgency keys (read by triage/simulate.py).
 SIMULATION_KEYS: tuple[str, ...] = ("simulation",)
+log = logging.getLogger(__name__)
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[1] / "resources" / "configs" / "triage_default.yaml"
 
 
@@ -50,15 +53,17 @@ class UrgencyConfig:
     critical: tuple[str, ...] = L.URGENCY_CRITICAL
     urgent_weight: float = L.URGENCY_URGENT_WEIGHT
     fallback_threshold: float = L.URGENCY_FALLBACK_THRESHOLD
+    threshold_method: str = L.URGENCY_THRESHOLD_METHOD
 
     def __post_init__(self) -> None:
-        _validate(self.weights, self.critical, self.urgent_weight, self.fallback_threshold, where="triage")
+        _validate(self.weights, self.critical, self.urgent_weight, self.fallback_threshold, self.threshold_method,
+                  where="triage")
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML/JSON form (the ``triage:`` section)."""
         return {"weights": {name: float(self.weights[name]) for name in L.FINDINGS if name in self.weights},
                 "critical": list(self.critical), "urgent_weight": self.urgent_weight,
-                "fallback_threshold": self.fallback_threshold}
+                "fallback_threshold": self.fallback_threshold, "threshold_method": self.threshold_method}
 
 
 def _number(value: object, where: str, *, low: float, high: float, low_open: bool = False) -> float:
@@ -72,7 +77,9 @@ def _number(value: object, where: str, *, low: float, high: float, low_open: boo
 
 
 def _validate(weights: Mapping[str, object], critical: Sequence[str], urgent_weight: object,
-              fallback_threshold: object, *, where: str) -> None:
+              fallback_threshold: object, threshold_method: object, *, where: str) -> None:
+    from cxrmtl.eval.thresholds import THRESHOLD_METHODS
+
     for name, weight in weights.items():
         if name not in L.FINDING_INDEX:
             raise ConfigError(f"{where}.weights.{name}: unknown finding (expected one of {', '.join(L.FINDINGS)})")
@@ -82,6 +89,9 @@ def _validate(weights: Mapping[str, object], critical: Sequence[str], urgent_wei
             raise ConfigError(f"{where}.critical: unknown finding {name!r}")
     _number(urgent_weight, f"{where}.urgent_weight", low=0.0, high=1.0)
     _number(fallback_threshold, f"{where}.fallback_threshold", low=0.0, high=1.0, low_open=True)
+    if threshold_method not in THRESHOLD_METHODS:
+        raise ConfigError(f"{where}.threshold_method: must be one of {', '.join(THRESHOLD_METHODS)}, "
+                          f"got {threshold_method!r}")
 
 
 def default_urgency_config() -> UrgencyConfig:
@@ -106,9 +116,10 @@ def urgency_config_from_dict(doc: Mapping[str, Any] | None, *, where: str = "tri
     critical = tuple(str(c) for c in critical)
     urgent = doc.get("urgent_weight", L.URGENCY_URGENT_WEIGHT)
     fallback = doc.get("fallback_threshold", L.URGENCY_FALLBACK_THRESHOLD)
-    _validate(weights, critical, urgent, fallback, where=where)  # errors name the caller's file and field
+    method = doc.get("threshold_method", L.URGENCY_THRESHOLD_METHOD)
+    _validate(weights, critical, urgent, fallback, method, where=where)  # errors name the caller's file and field
     return UrgencyConfig(weights={k: float(v) for k, v in weights.items()}, critical=critical,
-                         urgent_weight=float(urgent), fallback_threshold=float(fallback))
+                         urgent_weight=float(urgent), fallback_threshold=float(fallback), threshold_method=method)
 
 
 def read_triage_section(path: Path) -> dict[str, Any]:
@@ -264,3 +275,15 @@ def finding_thresholds(thresholds: Any, *, method: str | None = None) -> dict[st
             if name in L.FINDING_INDEX and out.get(name) is None:
                 out[name] = value
     return out
+
+
+def triage_thresholds(thresholds: Any, config: UrgencyConfig | None = None) -> dict[str, float | None] | None:
+    """The finding thresholds the worklist uses: the run's operating point named by ``config.threshold_method``
+    (default: the 90 %-sensitivity point chosen on val), or the run's default method when the file lacks it."""
+    if thresholds is None:
+        return None
+    method = (config or default_urgency_config()).threshold_method
+    if method not in thresholds.methods:
+        log.warning("thresholds: no %r operating point recorded; using %r", method, thresholds.default)
+        method = thresholds.default
+    return finding_thresholds(thresholds, method=method)
