@@ -1,4 +1,4 @@
-"""The main job on the built-in phantom: data -> cache -> multitask training -> evaluation -> report.
+"""The main job on the built-in phantom: data -> cache -> multitask training -> evaluation -> report -> triage.
 
 Every step writes an ordinary artefact that the other commands accept (``DIR/data`` is an NIH-layout folder,
 ``DIR/run`` a training run, ``DIR/run/eval/test`` an evaluation), and every step resumes: a second ``cxrmtl demo``
@@ -71,7 +71,7 @@ def _phantom_done(data: Path) -> bool:
 
 
 def _step(log: Callable[[str], None], number: int, text: str) -> None:
-    log(f"\n[{number}/5] {text}")
+    log(f"\n[{number}/6] {text}")
 
 
 def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None],
@@ -109,6 +109,7 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
     from cxrmtl.runs.data import open_run_data
     from cxrmtl.runs.layout import RunDir
     from cxrmtl.train.loop import format_summary, train
+    from cxrmtl.triage.run import simulate_run
 
     start = time.perf_counter()
     plan = DEMO_PLANS["quick" if quick else "full"]
@@ -139,10 +140,16 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
     result = evaluate_run(run, split="test", data_kind="phantom",
                           options=EvalOptions(n_bootstrap=plan.bootstrap), device="cpu", sections=sections)
 
-    _step(log, 5, "summary")
+    _step(log, 5, "triage: reading-room simulation, FIFO vs urgency vs urgency + upper limit (test split)")
+    triage = simulate_run(run, data_root=data, split="test", cache_dir=cache)
+    log(triage.summary)
+    result.rerender(run)  # the report now carries the triage section too
+
+    _step(log, 6, "summary")
     log(_headline(result.evaluation.metrics))
     seconds = time.perf_counter() - start
-    log(f"\nreport: {result.report_html}\nrun:    {run}\ntime:   {seconds / 60:.1f} min")
+    log(f"\nreport: {result.report_html}\ntriage: {triage.markdown_path}\nrun:    {run}\n"
+        f"time:   {seconds / 60:.1f} min")
     return DemoResult(out=out, data=data, cache=cache, run=run, report_html=result.report_html, summary=table,
                       seconds=seconds)
 

@@ -25,6 +25,7 @@ from cxrmtl.eval.evaluate import (
     evaluate_outputs,
     split_outputs,
 )
+from cxrmtl.report.render import ReportData, render_report
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ class RunEvaluation:
     report_html: Path
     thresholds_path: Path | None
     evaluation: Evaluation
+    report: ReportData | None = None  # what was rendered, so a later step can add its section (rerender)
+    sections: tuple[object, ...] = ()
+
+    def rerender(self, run: Path) -> RunEvaluation:
+        """Render the report again with sections written since (the demo's triage step); no re-evaluation."""
+        if self.report is None:
+            return self
+        split = self.evaluation.metrics.get("split", self.out_dir.name)
+        render_report(self.report, out_dir=self.out_dir, sections=[*self.sections, *triage_sections(run, split)])
+        return self
 
 
 def _binary_outputs(ev: SplitOutputs) -> TaskOutputs | None:
@@ -120,7 +131,6 @@ def evaluate_run(
     from cxrmtl.fsio import write_json_atomic
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.report.model_card import MODEL_CARD_FILE, write_model_card
-    from cxrmtl.report.render import ReportData, render_report
     from cxrmtl.runs.data import open_run_data
     from cxrmtl.version import code_version
 
@@ -161,11 +171,12 @@ def evaluate_run(
                         "left as it was", data_root, thresholds_path)
     figs = make_figures(ev, evaluation, log_path=run / "log.jsonl", n_bins=options.n_bins) if figures else []
     title = f"cxrmtl evaluation: {run.name} ({split})"
-    paths = render_report(ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title), out_dir=out_dir,
-                          sections=list(sections))
+    report = ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title)
+    paths = render_report(report, out_dir=out_dir, sections=[*sections, *triage_sections(run, split)])
     write_model_card(run, evaluation.metrics, out=out_dir / MODEL_CARD_FILE, config=loaded.config)
     return RunEvaluation(out_dir=out_dir, metrics_path=metrics_path, report_md=paths.markdown,
-                         report_html=paths.html, thresholds_path=thresholds_path, evaluation=evaluation)
+                         report_html=paths.html, thresholds_path=thresholds_path, evaluation=evaluation,
+                         report=report, sections=tuple(sections))
 
 
 def _fitted_on(rd: object, split: str) -> dict[str, object]:
@@ -178,3 +189,18 @@ def _now() -> str:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def triage_sections(run: Path, split: str) -> list[object]:
+    """The reading-room simulation's section (``cxrmtl triage simulate`` writes RUN/triage/<split>/), if any.
+
+    Read as a file, not through ``triage`` (which sits above report): a simulation of an older model (section older
+    than the run's checkpoints) is left out.
+    """
+    from cxrmtl.report.render import load_section
+
+    path = Path(run) / "triage" / split / "triage_section.json"
+    checkpoints = [p.stat().st_mtime for p in (Path(run) / "checkpoints").glob("*.pt")]
+    if not path.is_file() or path.stat().st_mtime < max(checkpoints, default=0.0):
+        return []  # none, or simulated with an older model: rerun `cxrmtl triage simulate`
+    return [load_section(path)]
