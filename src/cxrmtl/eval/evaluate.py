@@ -435,6 +435,7 @@ def evaluate_run(
     from cxrmtl.eval.thresholds import save_thresholds
     from cxrmtl.fsio import write_json_atomic
     from cxrmtl.infer.predictor import load_run
+    from cxrmtl.infer.tables import write_predictions_csv
     from cxrmtl.report.render import ReportData, render_report
     from cxrmtl.train.loop import default_cache_dir
     from cxrmtl.version import code_version
@@ -472,6 +473,7 @@ def evaluate_run(
     thresholds_path = None
     if evaluation.thresholds is not None:
         thresholds_path = save_thresholds(run, evaluation.thresholds, code_version=info["code_version"])
+    write_predictions_csv(out_dir / "predictions.csv", ev, loaded)  # after thresholds.json: predict's numbers
     figs = make_figures(ev, evaluation, log_path=run / "log.jsonl", n_bins=options.n_bins) if figures else []
     title = f"cxrmtl evaluation: {run.name} ({split})"
     paths = render_report(ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title), out_dir=out_dir,

@@ -102,8 +102,9 @@ class Predictor:
     """A run ready to predict: model (torch or ONNX Runtime), tasks, preprocessing and operating points."""
 
     def __init__(self, *, run: Path, backend: Backend, tasks: Sequence[Any], config: Any,
-                 operating: Thresholds | None, data_kind: str) -> None:
+                 operating: Thresholds | None, data_kind: str, model: torch.nn.Module | None = None) -> None:
         self.run = Path(run)
+        self.model = model  # the torch network (eval mode), also with the ONNX backend: Grad-CAM needs gradients
         self._backend = backend
         self.tasks = list(tasks)
         self.config = config
@@ -140,7 +141,7 @@ class Predictor:
             impl = TorchBackend(loaded.model, loaded.device)
         operating = load_thresholds(run)
         predictor = cls(run=run, backend=impl, tasks=loaded.tasks, config=loaded.config, operating=operating,
-                        data_kind=read_data_kind(run))
+                        data_kind=read_data_kind(run), model=loaded.model)
         predictor._warn_operating()
         return predictor
 
@@ -158,22 +159,21 @@ class Predictor:
 
         return preprocess(image, size=self.image_size)
 
+    def normalize(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Preprocessed (S, S) uint8 images -> the float (B, 1, S, S) network input (``data.loader.normalize``)."""
+        from cxrmtl.data.loader import normalize
+
+        return normalize(torch.from_numpy(self._stack(images)), mean=self.pixel_mean, std=self.pixel_std)
+
     def predict_outputs(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Preprocessed (S, S) uint8 images -> task -> (B, out_dim) ``Task.predict`` values (uncalibrated
         probabilities, years for age), one forward pass for the whole batch."""
-        from cxrmtl.data.loader import normalize
-
-        batch = self._stack(images)
-        x = normalize(torch.from_numpy(batch), mean=self.pixel_mean, std=self.pixel_std)
-        raw = self._backend.run(x)
+        raw = self._backend.run(self.normalize(images))
         return {t.name: t.predict(torch.from_numpy(raw[t.name])).numpy() for t in self.tasks}
 
     def predict_logits(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Raw head outputs (logits; standardised age) of one batch: what the ONNX parity check compares."""
-        from cxrmtl.data.loader import normalize
-
-        x = normalize(torch.from_numpy(self._stack(images)), mean=self.pixel_mean, std=self.pixel_std)
-        return self._backend.run(x)
+        return self._backend.run(self.normalize(images))
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Result]:
         """Preprocessed (S, S) uint8 images -> one result dict per image (schema in docs/predict.md)."""

@@ -31,6 +31,7 @@ from cxrmtl.runs.operating import load_thresholds
 log = logging.getLogger(__name__)
 
 EXPORT_OPSET = 17  # ONNX Runtime >= 1.14 runs it; every op DenseNet/ResNet/ConvNeXt need is there
+MIN_OPSET = 9  # the TorchScript exporter's oldest
 EXPORT_FORMAT = 1  # bump when the graph's inputs/outputs or the metadata keys change (stales cached exports)
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False)
 INPUT_NAME = "image"
@@ -111,22 +112,20 @@ def export_onnx(loaded: Any, out: Path, *, opset: int = EXPORT_OPSET, data_kind:
     from cxrmtl.infer.engine import read_data_kind
 
     out = Path(out)
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise RunError(f"opset: {opset} is outside what this exporter and onnx {onnx.__version__} support "
+                       f"({MIN_OPSET}..{newest}); {EXPORT_OPSET} is the tested one")
     names = [output_name(t.name) for t in loaded.tasks]
     if len(set(names)) != len(names):
         raise RunError(f"{loaded.run}: task names {[t.name for t in loaded.tasks]} collide as ONNX output names")
     size = int(loaded.config.data.image_size)
     model = _TupleOutputs(loaded.model, [t.name for t in loaded.tasks]).cpu().eval()
     dummy = torch.zeros(1, 1, size, size)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo; it is pinned here on purpose.
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=names, dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *names]},
-                              do_constant_folding=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _torch_export(model, dummy, tmp, opset=opset, names=names)
         proto = onnx.load(str(tmp))
         meta = export_metadata(loaded, opset=opset, data_kind=data_kind or read_data_kind(loaded.run))
         for key, value in meta.items():
@@ -137,11 +136,28 @@ def export_onnx(loaded: Any, out: Path, *, opset: int = EXPORT_OPSET, data_kind:
         proto.producer_name = "cxrmtl"
         onnx.save(proto, str(tmp))
         os.replace(tmp, out)
+    except OSError as exc:
+        raise RunError(f"{out}: cannot write the ONNX file ({exc.strerror or exc})") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
     log.info("exported %s -> %s (opset %d)", loaded.checkpoint, out, opset)
     return out
+
+
+def _torch_export(model: torch.nn.Module, dummy: torch.Tensor, path: Path, *, opset: int, names: list[str]) -> None:
+    """torch.onnx.export pinned to the TorchScript exporter; its failures become RunError naming the opset."""
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo; it is pinned here on purpose.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=names,
+                              dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *names]}, do_constant_folding=True)
+    except (RuntimeError, ValueError, TypeError, torch.onnx.errors.OnnxExporterError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"ONNX export at opset {opset} failed: {first}") from exc
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
