@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from predictkit import write_bad_files
 from trainkit import tiny_config, write_tiny_nih
 
 from cxrmtl import labels as L
@@ -100,34 +101,10 @@ def test_thresholds_and_temperatures_are_applied(tiny: tuple[Path, Path], tmp_pa
         assert r["calibrated"] is True and r["threshold_method"] == "youden"
 
 
-def _bad_files(folder: Path) -> dict[str, str]:
-    """A folder of files that cannot be predicted, with a word their error must contain."""
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    good = folder / "good.png"
-    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(good)
-    data = good.read_bytes()
-    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
-    (folder / "text.png").write_text("not an image at all\n")
-    (folder / "empty.png").write_bytes(b"")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(folder / "nopixels.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.PatientName = "Test^Nopixels"
-    ds.Modality = "DX"
-    pydicom.dcmwrite(folder / "nopixels.dcm", ds, enforce_file_format=True)
-    return {"truncated.png": "truncat", "text.png": "", "empty.png": "empty", "nopixels.dcm": ""}
-
-
 def test_predict_files_keeps_order_and_reports_bad_files(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     run, nih = tiny
     predictor = Predictor.from_run(run, backend="torch")
-    bad = _bad_files(tmp_path / "bad")
+    bad = write_bad_files(tmp_path / "bad")
     goods = sorted((nih / "images").glob("*.png"))[:5]
     paths = [goods[0], tmp_path / "bad" / "truncated.png", goods[1], goods[2], tmp_path / "bad" / "text.png",
              tmp_path / "bad" / "empty.png", goods[3], tmp_path / "bad" / "nopixels.dcm", goods[4],

@@ -16,11 +16,13 @@ def export_command(
     which: str = typer.Option("best", "--checkpoint", help="Checkpoint: best or last."),
 ) -> None:
     """Export every task head as a named output, with a dynamic batch axis and the metadata to use it alone."""
-    from cxrmtl.infer.onnx_export import EXPORT_OPSET, export_onnx, read_metadata
+    from cxrmtl.infer.onnx_export import EXPORT_OPSET, check_opset, export_onnx, read_metadata
     from cxrmtl.runs.checkpoint import load_run
 
+    opset = opset or EXPORT_OPSET
+    check_opset(opset)
     loaded = load_run(run, which=which, device="cpu")
-    path = export_onnx(loaded, onnx, opset=opset or EXPORT_OPSET)
+    path = export_onnx(loaded, onnx, opset=opset)
     meta = read_metadata(path)
     outputs = ", ".join(f"{name} ({doc['task']}: {len(doc['columns'])})" for name, doc in meta["outputs"].items())
     typer.echo(f"wrote {path} (opset {meta['exporter']['opset']}, input image [batch, 1, {meta['image_size']}, "

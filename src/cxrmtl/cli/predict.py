@@ -174,21 +174,26 @@ def predict_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list (one object per file)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per file."),
     heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Write a Grad-CAM overlay PNG per positive finding."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx (auto: see docs/predict.md)."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads (overlapped with inference)."),
+    workers: int = typer.Option(2, "--workers", help="Decoding threads (overlapped with inference)."),
     which: str = typer.Option("best", "--checkpoint", help="Checkpoint: best or last."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
     """Predict every task for each image; unreadable files get an error entry (exit 1), the rest are predicted."""
     from cxrmtl.errors import ConfigError
-    from cxrmtl.infer.engine import BACKENDS, Predictor
 
+    # Cheap checks first: a mistyped command fails before torch is imported.
     if as_json and as_csv:
         raise ConfigError("--json and --csv: choose one output format")
+    for option, value in (("--batch-size", batch_size), ("--workers", workers)):
+        if value < 1:
+            raise ConfigError(f"{option}: must be at least 1, got {value}")
+    files = collect_paths(paths)
+    from cxrmtl.infer.engine import BACKENDS, Predictor
+
     if backend not in BACKENDS:
         raise ConfigError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    files = collect_paths(paths)
     predictor = Predictor.from_run(run, backend=backend, device=device, which=which)
     if heatmaps is not None and predictor.operating is None:
         log.warning("--heatmaps: the run has no thresholds, so no finding is positive and no overlay is written")

@@ -105,6 +105,16 @@ def export_metadata(loaded: Any, *, opset: int, data_kind: str) -> dict[str, str
     return {META_PREFIX + key: json.dumps(value) for key, value in meta.items()}
 
 
+def check_opset(opset: int) -> None:
+    """RunError unless ``opset`` is one the TorchScript exporter and the installed onnx both handle."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise RunError(f"opset: {opset} is outside what this exporter and onnx {onnx.__version__} support "
+                       f"({MIN_OPSET}..{newest}); {EXPORT_OPSET} is the tested one")
+
+
 def export_onnx(loaded: Any, out: Path, *, opset: int = EXPORT_OPSET, data_kind: str | None = None) -> Path:
     """Export the model of a ``LoadedRun`` to ``out`` (atomically) with its metadata; returns ``out``."""
     import onnx
@@ -112,10 +122,7 @@ def export_onnx(loaded: Any, out: Path, *, opset: int = EXPORT_OPSET, data_kind:
     from cxrmtl.infer.engine import read_data_kind
 
     out = Path(out)
-    newest = onnx.defs.onnx_opset_version()
-    if not MIN_OPSET <= opset <= newest:
-        raise RunError(f"opset: {opset} is outside what this exporter and onnx {onnx.__version__} support "
-                       f"({MIN_OPSET}..{newest}); {EXPORT_OPSET} is the tested one")
+    check_opset(opset)
     names = [output_name(t.name) for t in loaded.tasks]
     if len(set(names)) != len(names):
         raise RunError(f"{loaded.run}: task names {[t.name for t in loaded.tasks]} collide as ONNX output names")
