@@ -10,7 +10,7 @@ densenet121 @ 224 px with its initial (random) weights (weights do not change sp
 2. batch throughput: a list of files -> all outputs, batches of ``--batch`` (cxrmtl: ``Predictor.predict_files``
    with decoding threads; torchxrayvision: its loop, decode and preprocess then one forward per batch);
 3. one pass instead of many: the multitask network (all heads, one backbone pass) vs 14 single-finding networks of
-   the same backbone, forward throughput and parameter counts;
+   the same backbone, forward throughput (medians of alternating forwards) and parameter counts;
 4. a folder of ``--folder`` PNGs (the real ones plus 1024 px phantom ones): images/s through ``predict_files``, and
    the share of decoding vs the model (each measured alone, one thread of decoding).
 
@@ -142,21 +142,26 @@ def one_pass_vs_many(cfg: Config, images: np.ndarray, *, rounds: int) -> dict[st
         single_cfg = apply_overrides(cfg, [f"tasks.specs=[findings:{name}]"])
         singles.append(build_model(single_cfg, build_tasks_for(single_cfg, pos_weight=None), pretrained=False).eval())
     x = (torch.from_numpy(images).float()[:, None] / 255.0 - cfg.data.pixel_mean) / cfg.data.pixel_std
-    t_multi, t_singles = [], []
+    t_multi, t_single = [], []
+    threads = torch.get_num_threads()
+    # One thread: the ratio is about the architecture, and one thread keeps it steady on a shared machine (two
+    # OpenMP threads wait on each other whenever another job takes a core).
+    torch.set_num_threads(1)
     with torch.inference_mode():
-        multi(x)
+        for net in (multi, *singles):  # warm-up: first-call allocations
+            net(x)
         for _ in range(rounds):
-            t0 = time.perf_counter()
-            multi(x)
-            t_multi.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            for model in singles:
-                model(x)
-            t_singles.append(time.perf_counter() - t0)
+            for model in singles:  # multi and single forwards alternate, so load swings hit both alike
+                for net, times in ((multi, t_multi), (model, t_single)):
+                    t0 = time.perf_counter()
+                    net(x)
+                    times.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
     params = sum(p.numel() for p in multi.parameters())
     params_single = sum(p.numel() for m in singles for p in m.parameters())
-    return {"multi_ips": len(x) / float(np.median(t_multi)), "singles_ips": len(x) / float(np.median(t_singles)),
-            "params": params, "params_singles": params_single}
+    one_pass, fourteen = float(np.median(t_multi)), len(singles) * float(np.median(t_single))
+    return {"multi_ips": len(x) / one_pass, "singles_ips": len(x) / fourteen, "params": params,
+            "params_singles": params_single}
 
 
 def folder_run(predictor: Predictor, paths: Sequence[Path], *, batch: int, workers: int) -> dict[str, float]:
@@ -175,12 +180,19 @@ def folder_run(predictor: Predictor, paths: Sequence[Path], *, batch: int, worke
 
 
 def phantom_pngs(out: Path, n: int) -> list[Path]:
-    """``n`` 1024 px phantom PNGs (NIH layout, the built-in generator)."""
-    from cxrmtl.phantom.generate import write_phantom
+    """``n`` 1024 px phantom PNGs (NIH layout), written by ``cxrmtl phantom`` in its own process: its forked workers
+    hang when forked from a process whose torch thread pool already started."""
+    import subprocess
+
+    from cxrmtl.phantom.generate import sample_plan
 
     if n <= 0:
         return []
-    write_phantom(out, patients=max(4, n // 3), size=1024, seed=0, workers=2)
+    patients = 4
+    while len(sample_plan(patients=patients, seed=0).table) < n:  # images per patient vary: ask the plan
+        patients += 5
+    subprocess.run([sys.executable, "-m", "cxrmtl", "phantom", str(out), "--patients", str(patients),
+                    "--size", "1024", "--seed", "0", "--workers", "2"], check=True, stdout=subprocess.DEVNULL)
     found = sorted(out.rglob("*.png"))
     if len(found) < n:
         raise SystemExit(f"phantom gave {len(found)} PNGs, {n} needed")
@@ -217,7 +229,8 @@ def report(args: argparse.Namespace, lat: dict[str, np.ndarray], tput: dict[str,
         "",
         f"auto backend on this CPU: **{auto}** (lower p50 and higher throughput decide; see engine.AUTO_CPU_BACKEND)",
         "",
-        f"One pass instead of many (torch, forward only, batch {args.batch}): multitask {many['multi_ips']:.1f} img/s "
+        f"One pass instead of many (torch, 1 thread, forward only, batch {args.batch}): "
+        f"multitask {many['multi_ips']:.1f} img/s "
         f"vs 14 single-finding networks {many['singles_ips']:.1f} img/s = "
         f"**{many['multi_ips'] / many['singles_ips']:.1f} x**; parameters {many['params'] / 1e6:.2f} M vs "
         f"{many['params_singles'] / 1e6:.2f} M = "
@@ -239,7 +252,6 @@ def main() -> None:
     if not real:
         raise SystemExit(f"no PNGs in {args.nih}")
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
-        # The phantom's worker processes are forked: make them before torch or ONNX Runtime start thread pools.
         phantom = phantom_pngs(Path(tmp) / "phantom", args.folder - len(real))
         cfg = apply_overrides(Config(), ["model.backbone=densenet121", "data.image_size=224", TASKS])
         run = write_untrained_run(Path(tmp) / "run", cfg)
