@@ -10,7 +10,7 @@ values are None, never NaN.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -260,7 +260,19 @@ def evaluate_outputs(
         "tasks": tasks_doc,
         "findings": _findings_doc(ev, resampler, expert, options, aurocs),
     }
-    return Evaluation(metrics=metrics, thresholds=thresholds, temperatures=temperatures)
+    operating = with_temperatures(thresholds, temperatures)
+    return Evaluation(metrics=metrics, thresholds=operating, temperatures=temperatures)
+
+
+def with_temperatures(thresholds: Thresholds | None, temperatures: Mapping[str, Mapping[str, float | None]]
+                      ) -> Thresholds | None:
+    """The operating file's content: val thresholds plus the temperatures inference should apply (one fitted at its
+    search bound is left out, None: scaling alone cannot calibrate that output, see calibration.at_bound)."""
+    if thresholds is None:
+        return None
+    usable = {task: {out: (None if at_bound(t) else t) for out, t in temps.items()}
+              for task, temps in temperatures.items()}
+    return replace(thresholds, temperatures=usable)
 
 
 def _findings_auroc(

@@ -130,6 +130,7 @@ def evaluate_run(
     from cxrmtl.eval.thresholds import save_thresholds
     from cxrmtl.fsio import write_json_atomic
     from cxrmtl.infer.predictor import load_run
+    from cxrmtl.infer.tables import write_predictions_csv
     from cxrmtl.report.model_card import MODEL_CARD_FILE, write_model_card
     from cxrmtl.runs.data import open_run_data
     from cxrmtl.version import code_version
@@ -169,6 +170,7 @@ def evaluate_run(
         if not rd.matches_run:
             log.warning("%s: thresholds fitted on other data than the run's; written to %s, RUN/thresholds.json "
                         "left as it was", data_root, thresholds_path)
+    write_predictions_csv(out_dir / "predictions.csv", ev, loaded)  # after thresholds.json: predict's numbers
     figs = make_figures(ev, evaluation, log_path=run / "log.jsonl", n_bins=options.n_bins) if figures else []
     title = f"cxrmtl evaluation: {run.name} ({split})"
     report = ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title)

@@ -25,6 +25,7 @@ from cxrmtl.config import Config, config_from_yaml_text, read_config_text, to_di
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
 from cxrmtl.fsio import format_bytes, free_space_note, fsync_dir
 from cxrmtl.runs import layout as rundir
+from cxrmtl.runs.operating import Thresholds, load_thresholds
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS: tuple[str, ...] = ("format", "model", "config", "labels", "epoch", "batch_in_epoch", "step")

@@ -277,3 +277,21 @@ def _open_cache(index: NIHIndex, out: Path, data: DataConfig, *, build: bool, pr
             build_cache(index, out, size=data.image_size, workers=data.cache_workers or None, progress=progress)
     barrier(ctx)
     return open_cache(out)
+
+
+def read_data_kind(run: Path) -> str:
+    """What the run was trained on: RUN/data.json's "data_kind"; else "phantom" when the data root it names holds
+    a phantom marker; else "unknown" (runs made before data.json existed do not record their data). Used by predict, export and serve."""
+    path = Path(run) / DATA_FILE
+    if not path.is_file():
+        return "unknown"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: not readable JSON ({exc})") from exc
+    if isinstance(doc, dict) and isinstance(doc.get("data_kind"), str):
+        return doc["data_kind"]
+    root = doc.get("root") or doc.get("data_root") if isinstance(doc, dict) else None
+    if isinstance(root, str) and any((Path(root) / name).is_file() for name in labels.PHANTOM_MARKERS):
+        return "phantom"
+    return "unknown"
