@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cxrmtl.runs.build import build_model, build_tasks_for
 
 from cxrmtl.config import Config, to_dict
+from cxrmtl.runs.build import build_model, build_tasks_for
 from cxrmtl.runs.checkpoint import save_checkpoint
 from cxrmtl.runs.layout import RunDir, label_map
 
