@@ -36,6 +36,6 @@ class RunError(CxrmtlError):
     """A run directory is missing files or was produced by an incompatible version."""
 
 
-# --- localize/localization.py, localize/cam.py, ablate/paired.py, ablate/ablation.py ---------------------------------------------
+# --- localize/localization.py, localize/cam.py, ablate/paired.py, ablate/ablation.py ----------------------------------
 class EvaluationError(CxrmtlError):
     """Evaluation inputs do not fit together (heatmap, boxes, predictions, labels); the message names the field."""

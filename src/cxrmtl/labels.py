@@ -101,7 +101,7 @@ MAX_IMAGE_SIDE: int = 16_384
 MAX_IMAGE_PIXELS: int = 100_000_000
 MAX_IMAGE_BYTES: int = 512 * 1024 * 1024
 
-# --- Localisation and ablation (localize/localization.py, ablate/ablation.py) -------------------------------------------
+# --- Localisation and ablation (localize/localization.py, ablate/ablation.py) -----------------------------------------
 # Wang et al. 2017 (ChestX-ray8, arXiv:1705.02315, Sec. 4 "B-Box generation"): the heatmap is normalised to
 # [0, 255] and binarised at 60 and at 180 separately; every connected region of either binary map becomes a box.
 LOC_HEATMAP_THRESHOLDS: tuple[int, ...] = (60, 180)

@@ -16,8 +16,12 @@ from scipy.optimize import minimize_scalar
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError
 
-# Probabilities are clipped to [EPS, 1 - EPS] before taking logits so p = 0 or 1 stays finite (float32 resolution).
-_EPS = 1e-7
+# One definition of the temperature mapping for evaluation and inference (predict applies it too).
+from cxrmtl.runs.operating import apply_temperature, to_logits
+
+__all__ = ["Reliability", "apply_temperature", "at_bound", "expected_calibration_error", "fit_temperature",
+           "reliability", "to_logits"]
+
 # Search range of log T: T in [e^-4, e^4] ~ [0.018, 55] covers every temperature seen in practice (Guo et al. 2017
 # report T between ~1 and ~3 for modern networks).
 _LOG_T_BOUNDS = (-4.0, 4.0)
@@ -67,21 +71,6 @@ def expected_calibration_error(
         return None
     full = rel.count > 0
     return float(np.sum(rel.count[full] * np.abs(rel.observed[full] - rel.confidence[full])) / total)
-
-
-def to_logits(probs: np.ndarray) -> np.ndarray:
-    """Inverse sigmoid with clipping (probabilities are what the predictor stores)."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0 - _EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarray:
-    """sigmoid(logit(p) / T); T = None leaves the probabilities as they are."""
-    if temperature is None:
-        return np.asarray(probs, dtype=np.float64)
-    if not temperature > 0:
-        raise EvaluationError(f"temperature: must be positive, got {temperature}")
-    return 1.0 / (1.0 + np.exp(-to_logits(probs) / temperature))
 
 
 def _bce(log_t: float, z: np.ndarray, y: np.ndarray) -> float:

@@ -9,7 +9,7 @@ values are None, never NaN.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +259,19 @@ def evaluate_outputs(
         "tasks": tasks_doc,
         "findings": _findings_doc(ev, resampler, expert, options, aurocs),
     }
-    return Evaluation(metrics=metrics, thresholds=thresholds, temperatures=temperatures)
+    operating = with_temperatures(thresholds, temperatures)
+    return Evaluation(metrics=metrics, thresholds=operating, temperatures=temperatures)
+
+
+def with_temperatures(thresholds: Thresholds | None, temperatures: Mapping[str, Mapping[str, float | None]]
+                      ) -> Thresholds | None:
+    """The operating file's content: val thresholds plus the temperatures inference should apply (one fitted at its
+    search bound is left out, None: scaling alone cannot calibrate that output, see calibration.at_bound)."""
+    if thresholds is None:
+        return None
+    usable = {task: {out: (None if at_bound(t) else t) for out, t in temps.items()}
+              for task, temps in temperatures.items()}
+    return replace(thresholds, temperatures=usable)
 
 
 def _findings_auroc(
@@ -423,6 +435,7 @@ def evaluate_run(
     from cxrmtl.eval.thresholds import save_thresholds
     from cxrmtl.fsio import write_json_atomic
     from cxrmtl.infer.predictor import load_run
+    from cxrmtl.infer.tables import write_predictions_csv
     from cxrmtl.report.render import ReportData, render_report
     from cxrmtl.train.loop import default_cache_dir
     from cxrmtl.version import code_version
@@ -460,6 +473,7 @@ def evaluate_run(
     thresholds_path = None
     if evaluation.thresholds is not None:
         thresholds_path = save_thresholds(run, evaluation.thresholds, code_version=info["code_version"])
+    write_predictions_csv(out_dir / "predictions.csv", ev, loaded)  # after thresholds.json: predict's numbers
     figs = make_figures(ev, evaluation, log_path=run / "log.jsonl", n_bins=options.n_bins) if figures else []
     title = f"cxrmtl evaluation: {run.name} ({split})"
     paths = render_report(ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title), out_dir=out_dir,

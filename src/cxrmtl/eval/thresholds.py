@@ -2,26 +2,26 @@
 
 A threshold t calls a sample positive when its probability is >= t (scikit-learn's roc_curve convention). Thresholds
 are chosen on validation data only and then applied unchanged to the evaluated split, so the reported sensitivity
-and specificity are honest estimates. predict, triage and the service read them through ``load_thresholds``.
+and specificity are honest estimates. RUN/thresholds.json is written and read by ``cxrmtl.runs.operating`` (one
+reader for evaluation, predict, triage and the service); its names are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
 from cxrmtl import labels as L
-from cxrmtl.errors import EvaluationError, RunError
-from cxrmtl.fsio import write_json_atomic
+from cxrmtl.errors import EvaluationError
 
-THRESHOLDS_FILE = "thresholds.json"
-THRESHOLDS_SCHEMA = 1
+# The file's one reader and writer live below infer and eval (predict reads it too); re-exported here.
+from cxrmtl.runs.operating import THRESHOLDS_FILE, THRESHOLDS_SCHEMA, Thresholds, load_thresholds, save_thresholds
+
+__all__ = [
+    "THRESHOLDS_FILE", "THRESHOLDS_SCHEMA", "THRESHOLD_METHODS", "Thresholds", "choose_thresholds",
+    "load_thresholds", "operating_metrics", "save_thresholds", "sensitivity_threshold", "youden_threshold",
+]
 
 
 def _roc(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -88,32 +88,6 @@ def operating_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float 
     }
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Per method, task and output name: the threshold (None = undefined on the validation split)."""
-
-    methods: dict[str, dict[str, dict[str, float | None]]]
-    default: str = "youden"
-    split: str = "val"
-    target_sensitivity: float = L.EVAL_TARGET_SENSITIVITY
-    meta: dict[str, str] = field(default_factory=dict)
-
-    def get(self, task: str, output: str, method: str | None = None) -> float | None:
-        """Threshold of one output (e.g. ``get("findings", "Effusion")``); None when unknown or undefined."""
-        return self.methods.get(method or self.default, {}).get(task, {}).get(output)
-
-    def to_json(self) -> dict[str, object]:
-        """The RUN/thresholds.json document (schema in docs/architecture.md)."""
-        return {
-            "schema": THRESHOLDS_SCHEMA,
-            "split": self.split,
-            "default": self.default,
-            "target_sensitivity": self.target_sensitivity,
-            **self.meta,
-            "methods": self.methods,
-        }
-
-
 def choose_thresholds(
     outputs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]],
     *,
@@ -129,59 +103,3 @@ def choose_thresholds(
                 for k, out in enumerate(names)
             }
     return Thresholds(methods=methods, split=split, target_sensitivity=target_sensitivity)
-
-
-def save_thresholds(run: Path, thresholds: Thresholds, *, code_version: str) -> Path:
-    """Write RUN/thresholds.json atomically (temp file + fsync + rename), so a crash never leaves half a file."""
-    doc = thresholds.to_json()
-    doc["code_version"] = code_version
-    doc["created"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return write_json_atomic(Path(run) / THRESHOLDS_FILE, doc)
-
-
-def _check_value(path: Path, where: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RunError(f"{path}: {where} must be a finite number or null, got {value!r}")
-    return float(value)
-
-
-def _parse_methods(path: Path, methods: object) -> dict[str, dict[str, dict[str, float | None]]]:
-    if not isinstance(methods, dict) or not methods:
-        raise RunError(f"{path}: 'methods' must be a non-empty object")
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for method, tasks in methods.items():
-        if not isinstance(tasks, dict):
-            raise RunError(f"{path}: methods.{method} must be an object of tasks")
-        out[method] = {}
-        for task, values in tasks.items():
-            if not isinstance(values, dict):
-                raise RunError(f"{path}: methods.{method}.{task} must be an object of outputs")
-            out[method][task] = {k: _check_value(path, f"methods.{method}.{task}.{k}", v) for k, v in values.items()}
-    return out
-
-
-def load_thresholds(run: Path) -> Thresholds | None:
-    """Read RUN/thresholds.json; None when the run has not been evaluated yet; RunError when the file is malformed."""
-    path = Path(run) / THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("schema") != THRESHOLDS_SCHEMA:
-        raise RunError(f"{path}: expected an object with schema {THRESHOLDS_SCHEMA}")
-    methods = _parse_methods(path, doc.get("methods"))
-    default = doc.get("default", "youden")
-    if default not in methods:
-        raise RunError(f"{path}: default method {default!r} is not among methods {sorted(methods)}")
-    meta = {k: str(doc[k]) for k in ("code_version", "created") if k in doc}
-    return Thresholds(
-        methods=methods,
-        default=default,
-        split=str(doc.get("split", "val")),
-        target_sensitivity=float(doc.get("target_sensitivity", L.EVAL_TARGET_SENSITIVITY)),
-        meta=meta,
-    )

@@ -10,7 +10,6 @@ mismatched checkpoint with a CheckpointError: a resume never silently starts fre
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from cxrmtl.config import Config, config_from_yaml_text, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
 from cxrmtl.fsio import fsync_dir
 from cxrmtl.runs import layout as rundir
+from cxrmtl.runs.operating import Thresholds, load_thresholds
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS: tuple[str, ...] = ("format", "model", "config", "labels", "epoch", "batch_in_epoch", "step")
@@ -136,7 +136,7 @@ class LoadedRun:
     tasks: list[Any]
     model: torch.nn.Module
     labels: dict[str, list[str]]
-    thresholds: dict[str, Any] | None
+    thresholds: Thresholds | None  # RUN/thresholds.json through runs.operating.load_thresholds
     checkpoint: Path
     epoch: int
     step: int
@@ -153,20 +153,6 @@ def read_run_config(run: Path) -> Config:
         return config_from_yaml_text(path.read_text(encoding="utf-8"), where=str(path))
     except ConfigError as exc:
         raise RunError(str(exc)) from exc
-
-
-def read_thresholds(run: Path) -> dict[str, Any] | None:
-    """RUN/thresholds.json (written by evaluation) or None."""
-    path = Path(run) / rundir.THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: unreadable thresholds file ({exc})") from exc
-    if not isinstance(data, dict):
-        raise RunError(f"{path}: expected a JSON object")
-    return data
 
 
 WHICH_CHECKPOINTS: dict[str, str] = {"best": rundir.BEST_CHECKPOINT, "last": rundir.LAST_CHECKPOINT}
@@ -192,6 +178,6 @@ def load_run(run: str | Path, *, which: str = "best", device: str | torch.device
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model of {run / rundir.CONFIG_FILE} ({exc})") from exc
     model.to(device).eval()
-    return LoadedRun(run=run, config=cfg, tasks=tasks, model=model, labels=labels, thresholds=read_thresholds(run),
+    return LoadedRun(run=run, config=cfg, tasks=tasks, model=model, labels=labels, thresholds=load_thresholds(run),
                      checkpoint=path, epoch=int(state["epoch"]), step=int(state["step"]),
                      metrics=dict(state.get("metrics") or {}), device=torch.device(device))
