@@ -96,6 +96,43 @@ URGENCY_ORDER: tuple[str, ...] = (
     "Pleural_Thickening",
 )
 
+# --- Triage (triage/urgency.py, triage/simulate.py; resources/configs/triage_default.yaml mirrors these) ----------
+# Default urgency weight per finding, in [0, 1], non-increasing along URGENCY_ORDER (a test keeps it so).
+# Tiers follow Annarumma et al., Radiology 2019 (critical / urgent / non-urgent / normal priority classes):
+# pneumothorax is their critical finding that ChestX-ray14 labels; effusion, consolidation/pneumonia, oedema and
+# masses are urgent; nodules, hernia, emphysema, fibrosis and pleural thickening are non-urgent. Within the urgent
+# tier the order is Baltruschat et al., Eur Radiol 2021 (pneumothorax, effusion, infiltrate, congestion (~Edema),
+# atelectasis, cardiomegaly, mass). The spacing of the numbers is our choice; only the order and the tiers are sourced.
+URGENCY_WEIGHTS: dict[str, float] = {
+    "Pneumothorax": 1.00,
+    "Effusion": 0.90,
+    "Infiltration": 0.80,
+    "Edema": 0.75,
+    "Atelectasis": 0.70,
+    "Cardiomegaly": 0.60,
+    "Mass": 0.55,
+    "Pneumonia": 0.50,
+    "Consolidation": 0.50,
+    "Nodule": 0.30,
+    "Hernia": 0.25,
+    "Emphysema": 0.20,
+    "Fibrosis": 0.15,
+    "Pleural_Thickening": 0.10,
+}
+# Findings that make a study "critical" (Annarumma et al. 2019's critical class, restricted to ChestX-ray14 labels).
+URGENCY_CRITICAL: tuple[str, ...] = ("Pneumothorax",)
+# A positive finding with at least this weight makes a study "urgent" (the Annarumma urgent tier above).
+URGENCY_URGENT_WEIGHT: float = 0.50
+# Without operating thresholds (run not evaluated on val) a finding counts when its probability reaches this.
+URGENCY_FALLBACK_THRESHOLD: float = 0.50
+URGENCY_LEVELS: tuple[str, ...] = ("routine", "urgent", "critical")  # ascending; index = tier of the score
+# Goal of the reading-room simulation (issue 9), from Baltruschat et al. 2021's pneumothorax result with an upper
+# limit (mean 35.6 / 80.1 min = 0.44 of FIFO; maximum about 1.1 of FIFO): critical findings' mean time to report at
+# most this share of FIFO's, their maximum at most this multiple of FIFO's.
+TRIAGE_GOAL_MEAN_RATIO: float = 0.45
+TRIAGE_GOAL_MAX_RATIO: float = 1.10
+# --- end triage ---------------------------------------------------------------------------------------------------
+
 # Image reader limits (decompression-bomb guard): largest side and total pixels accepted.
 MAX_IMAGE_SIDE: int = 16_384
 MAX_IMAGE_PIXELS: int = 100_000_000
