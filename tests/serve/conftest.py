@@ -1,0 +1,55 @@
+"""Fixtures of the service tests: one tiny trained run (session), a Predictor on it, apps on fresh databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the service tests need the serve extra: pip install 'cxrmtl[serve]'")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from servekit import ServeRun, make_serve_run  # noqa: E402
+
+from cxrmtl.infer.engine import Predictor  # noqa: E402
+from cxrmtl.serve.app import create_app  # noqa: E402
+from cxrmtl.serve.service import ServeSettings, Service  # noqa: E402
+from cxrmtl.serve.store import Store  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory: pytest.TempPathFactory) -> ServeRun:
+    return make_serve_run(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="session")
+def predictor(serve_run: ServeRun) -> Predictor:
+    return Predictor.from_run(serve_run.run, backend="torch")
+
+
+ClientFactory = Callable[..., TestClient]
+
+
+@pytest.fixture
+def make_client(predictor: Predictor, tmp_path: Path) -> Iterator[ClientFactory]:
+    """``make_client(**settings)`` -> a started TestClient on a fresh database in tmp_path (closed afterwards)."""
+    opened: list[TestClient] = []
+
+    def make(db: Path | None = None, **settings: object) -> TestClient:
+        service = Service(predictor, Store(db or tmp_path / f"db{len(opened)}" / "worklist.sqlite"),
+                          settings=ServeSettings(**settings))
+        client = TestClient(create_app(service), raise_server_exceptions=False)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> TestClient:
+    return make_client()
