@@ -208,9 +208,9 @@ def build_service(run: Path, *, db: Path, settings: ServeSettings, backend: str 
     from cxrmtl.infer.engine import Predictor
     from cxrmtl.serve.store import Store
 
-    predictor = Predictor.from_run(run, backend=backend, device=device, which=settings.checkpoint)
-    store = Store(db)
+    store = Store(db)  # first: a database held by another service fails before the model loads
     try:
+        predictor = Predictor.from_run(run, backend=backend, device=device, which=settings.checkpoint)
         return Service(predictor, store, settings=settings)
     except BaseException:
         store.close()

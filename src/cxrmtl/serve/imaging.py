@@ -81,26 +81,39 @@ def _clean_text(value: Any) -> str | None:
     return text[:DICOM_MAX_LEN] or None
 
 
+def _raw_text(ds: Any, keyword: str) -> str | None:
+    """An element's stored bytes as text, without pydicom's value conversion (whose validation warnings would log
+    the value); multi-valued elements keep their first value."""
+    from pydicom.datadict import tag_for_keyword
+
+    item = ds.get_item(tag_for_keyword(keyword))
+    value = getattr(item, "value", None) if item is not None else None
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1", errors="replace")
+    return _clean_text(str(value).split("\\")[0].strip("\x00 "))
+
+
 def dicom_info(data: bytes) -> DicomInfo:
     """PatientID, StudyInstanceUID and StudyDate of a DICOM file; missing or malformed values are None.
 
     Best effort by design: the identifiers are for display and de-duplication only; whether the image is usable is
-    decided by ``decode``. Nothing read here is ever logged.
+    decided by ``decode``. Values are read raw (no pydicom validation, which logs offending values) and are never
+    logged here.
     """
     import pydicom
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
                              specific_tags=["PatientID", "StudyInstanceUID", "StudyDate"])
-        patient, uid, date = (ds.get(tag) for tag in ("PatientID", "StudyInstanceUID", "StudyDate"))
+        patient, uid, date = (_raw_text(ds, k) for k in ("PatientID", "StudyInstanceUID", "StudyDate"))
     except Exception:  # a damaged header: no identifiers (the decoder reports the damage if it matters)
         return DicomInfo()
-    uid_text = _clean_text(uid)
-    date_match = DICOM_DATE.match(_clean_text(date) or "")
-    iso = "-".join(date_match.groups()) if date_match else None
-    return DicomInfo(patient_id=_clean_text(patient),
-                     study_instance_uid=uid_text if uid_text and DICOM_UID.match(uid_text) else None,
-                     study_date=iso)
+    date_match = DICOM_DATE.match(date or "")
+    return DicomInfo(patient_id=patient,
+                     study_instance_uid=uid if uid and DICOM_UID.match(uid) else None,
+                     study_date="-".join(date_match.groups()) if date_match else None)
 
 
 def decode(upload: Upload, *, tmp_dir: Path) -> np.ndarray:

@@ -86,7 +86,7 @@ def key_matches(candidate: str | None, keys: Sequence[str]) -> bool:
 
 def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """The key a request carries: X-API-Key, Authorization Bearer, or the password of Authorization Basic."""
-    values = {name.lower(): value.decode("latin-1") for name, value in headers}
+    values = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in headers}
     if "x-api-key" in values:
         return values["x-api-key"].strip()
     scheme, _, param = values.get("authorization", "").strip().partition(" ")
