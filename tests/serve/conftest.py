@@ -10,13 +10,13 @@ import pytest
 pytest.importorskip("fastapi", reason="the service tests need the serve extra: pip install 'cxrmtl[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
-from servekit import ServeRun, make_serve_run  # noqa: E402
+from fastapi.testclient import TestClient
+from servekit import ServeRun, make_serve_run
 
-from cxrmtl.infer.engine import Predictor  # noqa: E402
-from cxrmtl.serve.app import create_app  # noqa: E402
-from cxrmtl.serve.service import ServeSettings, Service  # noqa: E402
-from cxrmtl.serve.store import Store  # noqa: E402
+from cxrmtl.infer.engine import Predictor
+from cxrmtl.serve.app import create_app
+from cxrmtl.serve.service import ServeSettings, Service
+from cxrmtl.serve.store import Store
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,8 @@ def test_health_metrics_info_and_docs(client: TestClient, serve_run: ServeRun) -
 
 
 def test_cors_is_closed(client: TestClient) -> None:
-    r = client.options("/v1/studies", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    r = client.options("/v1/studies", headers=preflight)
     assert "access-control-allow-origin" not in r.headers
     r = client.get("/v1/studies", headers={"Origin": "http://evil.example"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers

@@ -33,7 +33,8 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A tiny file whose header claims a huge image (a decompression bomb), with a valid IEND."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return PNG_MAGIC + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
+    idat = png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return PNG_MAGIC + png_chunk(b"IHDR", ihdr) + idat + png_chunk(b"IEND", b"")
 
 
 def png_bytes(array: np.ndarray) -> bytes:
