@@ -67,9 +67,10 @@ def make_serve_run(base: Path) -> ServeRun:
     from cxrmtl.train.loop import train
 
     data = base / "phantom"
-    write_phantom(data, patients=16, size=32, seed=1)
+    write_phantom(data, patients=16, size=64, seed=1)
     run = base / "run"
-    train(tiny_config("train.epochs=1"), data_root=data, out=run, device="cpu")
+    # 64 px, not trainkit's 32: the last feature map is then 2x2 and Grad-CAM has something to show (1x1 is flat).
+    train(tiny_config("train.epochs=1", "data.image_size=64"), data_root=data, out=run, device="cpu")
     (run / "data.json").write_text(json.dumps({"data_kind": "phantom", "root": str(data)}))
     studies = {name: phantom_png(base / "studies" / f"{name}.png", f, seed=i + 3, patient_id=900 + i)
                for i, (name, f) in enumerate(STUDY_FINDINGS.items())}

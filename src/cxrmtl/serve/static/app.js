@@ -64,7 +64,7 @@ function studyLabel(s) {
   if (s.dicom && s.dicom.patient_id) {
     return `${s.dicom.patient_id}${s.dicom.study_date ? " · " + s.dicom.study_date : ""}`;
   }
-  return `${s.id.slice(0, 8)} · ${s.image.format.toUpperCase()}`;
+  return s.id.slice(0, 8);
 }
 
 /* ---------------------------------------------------------------------------------------------- model info */
@@ -120,10 +120,9 @@ function studyRow(s) {
   const finding = top
     ? el("td", { class: "finding-cell" }, findingLabel(top), el("span", { class: "p", text: fmtP(s.top_probability) }))
     : el("td", { class: "finding-cell" }, el("span", { class: "p", text: "no positive finding" }));
-  const wait = el("td", { class: "num" }, fmtWait(s.waiting_minutes));
+  const wait = el("td", { class: "num wait-cell" }, fmtWait(s.waiting_minutes));
   if (s.overdue) wait.append(el("span", { class: "chip", text: "overdue" }));
   const urgency = el("td", {}, el("span", { class: `badge ${level}`, text: level }));
-  if (read) urgency.append(el("span", { class: "badge read", text: "read" }));
   const label = `${read ? "Read" : "Rank " + s.rank}, ${level}` +
     (top ? `, ${findingLabel(top)} ${fmtP(s.top_probability)}` : ", no positive finding") +
     `, ${read ? "waited" : "waiting"} ${fmtWait(s.waiting_minutes)}${s.overdue ? ", overdue" : ""}`;
@@ -131,7 +130,7 @@ function studyRow(s) {
     class: `${level}${read ? " is-read" : ""}`, tabindex: 0, "data-id": s.id, "aria-label": label,
     "aria-selected": state.selected === s.id ? "true" : "false",
   },
-  el("td", { class: "num", text: s.rank ?? "—" }), urgency, finding, wait,
+  el("td", { class: read ? "num read-mark" : "num", text: read ? "✓" : s.rank }), urgency, finding, wait,
   el("td", { class: "study-cell" }, el("span", { class: "id", text: studyLabel(s) })));
   row.addEventListener("click", () => openStudy(s.id));
   row.addEventListener("keydown", (event) => onRowKey(event, row, s.id));
@@ -229,7 +228,7 @@ function findingRow(s, name, point) {
     : el("span", { class: positive ? "call-pos" : "call-neg", text: positive ? "Positive" : "—" });
   const toggle = el("button", {
     type: "button", class: "heat-toggle", "aria-pressed": state.heat === name ? "true" : "false",
-    "data-finding": name, "aria-label": `Heatmap for ${findingLabel(name)}`, text: "Heatmap",
+    "data-finding": name, "aria-label": `Heatmap for ${findingLabel(name)}`, text: "Map",
   });
   toggle.addEventListener("click", () => setHeat(state.heat === name ? null : name));
   return el("tr", { class: positive ? "positive" : "" },
