@@ -53,3 +53,11 @@ def make_client(predictor: Predictor, tmp_path: Path) -> Iterator[ClientFactory]
 @pytest.fixture
 def client(make_client: ClientFactory) -> TestClient:
     return make_client()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the service tests on one xdist worker (`--dist loadgroup`): the tiny run is trained once, not twice."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.xdist_group("serve"))

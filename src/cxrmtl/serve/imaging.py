@@ -2,8 +2,9 @@
 
 Everything about an upload is decided from its bytes: the format from the magic bytes (``data.imageio
 .detect_format``), the size from the header before any pixel is decoded (``probe_image``: the decompression-bomb
-guard), then ``read_gray``. The client's file name and content type are never looked at. Decoding reads a
-temporary file the service names itself (``upload-*.bin`` in the store's tmp folder), removed right after.
+guard), then ``read_gray``. The client's file name and content type are never looked at. Decoding reads the bytes
+from an anonymous in-memory file (Linux memfd), or where there is none from a temporary file the service names
+itself (``upload-*.bin`` in the store's tmp folder), removed right after.
 
 Display: the stored image as 8-bit gray, at most ``DISPLAY_MAX_SIDE`` pixels on a side (the page's viewer), in the
 frame of the original image. Heatmaps are computed on the centre square the network saw (``data.cache
@@ -12,10 +13,13 @@ frame of the original image. Heatmaps are computed on the centre square the netw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,17 +120,35 @@ def dicom_info(data: bytes) -> DicomInfo:
                      study_date="-".join(date_match.groups()) if date_match else None)
 
 
+@contextlib.contextmanager
+def _readable_path(data: bytes, *, tmp_dir: Path) -> Iterator[Path]:
+    """A path holding ``data`` for the path-based readers: an anonymous in-memory file (Linux memfd) where the system
+    has one, so an upload never touches the disk; else a temporary file in ``tmp_dir``, removed on exit."""
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
+        fd = os.memfd_create("cxrmtl-upload", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            yield Path(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", suffix=".bin") as handle:
+        handle.write(data)
+        handle.flush()
+        yield Path(handle.name)
+
+
 def decode(upload: Upload, *, tmp_dir: Path) -> np.ndarray:
     """The decoded 2-D gray image (uint8/uint16) of an upload; ApiError for anything that is not a usable image."""
     from cxrmtl.data.imageio import probe_image, read_gray
 
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", suffix=".bin") as handle:
-        handle.write(upload.data)
-        handle.flush()
+    with _readable_path(upload.data, tmp_dir=tmp_dir) as path:
         try:
-            probe_image(handle.name)  # header + end marker, no pixels: bombs and truncations stop here
-            return read_gray(handle.name)
+            probe_image(path)  # header + end marker, no pixels: bombs and truncations stop here
+            return read_gray(path)
         except ImageReadError as exc:
             code = "image_too_large" if "decompression-bomb" in exc.reason else "unreadable_image"
             raise ApiError(code, f"file: {exc.reason}") from None

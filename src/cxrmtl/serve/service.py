@@ -256,18 +256,19 @@ class Service:
     async def studies(self, *, status: str, limit: int) -> dict[str, Any]:
         """GET /v1/studies: unread in worklist order (rank 1 = read next), then read ones, latest read first."""
         now = time.time()
-        records = await self._db(self.store.studies, None)
-        unread = worklist_order([r for r in records if r.status == "unread"], now=now,
-                                upper_limit=self.settings.upper_limit_minutes)
-        read = sorted((r for r in records if r.status == "read"), key=lambda r: (-(r.read_at or 0), r.seq))
+        wanted = STATUS_FILTERS[status]
+        counts = await self._db(self.store.counts)
         rows: list[dict[str, Any]] = []
-        if "unread" in STATUS_FILTERS[status]:
-            rows += [self.study_json(r, rank=i + 1, now=now, overdue=o, summary=True) for i, (r, o) in
-                     enumerate(unread)]
-        if "read" in STATUS_FILTERS[status]:
+        if "unread" in wanted:  # the whole unread set is needed to order it
+            unread = worklist_order(await self._db(self.store.studies, "unread"), now=now,
+                                    upper_limit=self.settings.upper_limit_minutes)
+            rows += [self.study_json(r, rank=i + 1, now=now, overdue=o, summary=True)
+                     for i, (r, o) in enumerate(unread[:limit])]
+        if "read" in wanted and len(rows) < limit:
+            read = await self._db(self.store.recent_read, limit - len(rows))
             rows += [self.study_json(r, now=now, summary=True) for r in read]
-        return {"studies": rows[:limit], "count": len(rows), "returned": min(len(rows), limit),
-                "counts": {"unread": len(unread), "read": len(read)}, "now": iso(now),
+        total = sum(counts[s] for s in wanted)
+        return {"studies": rows, "count": total, "returned": len(rows), "counts": counts, "now": iso(now),
                 "upper_limit_minutes": self.settings.upper_limit_minutes,
                 "order": "waited longer than the upper limit first (oldest first), then urgency, then arrival"}
 

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS studies (
   model TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS studies_by_status ON studies (status, received);
+CREATE INDEX IF NOT EXISTS studies_by_read_at ON studies (status, read_at);
 """
 COLUMNS = ("seq", "id", "sha256", "format", "width", "height", "study_uid", "patient_id", "study_date", "received",
            "status", "read_at", "reader", "urgency_score", "urgency_level", "urgency_json", "result_json", "model")
@@ -273,6 +274,11 @@ class Store:
             if status is None:
                 return self._select("1 = 1 ORDER BY seq", ())
             return self._select("status = ? ORDER BY seq", (status,))
+
+    def recent_read(self, limit: int) -> list[StudyRecord]:
+        """The ``limit`` most recently read studies, latest first."""
+        with self._lock:
+            return self._select("status = 'read' ORDER BY read_at DESC, seq LIMIT ?", (int(limit),))
 
     def mark_read(self, study_id: str, *, reader: str | None, at: float) -> StudyRecord:
         with self._lock, self._transaction() as conn:
