@@ -1,7 +1,7 @@
 """`cxrmtl serve` under load on loopback, against the offline Predictor on the same model, machine and images.
 
 Usage: python bench/bench_serve.py [--config nih_densenet121_224] [--run RUN] [--clients 16] [--seconds 60]
-                                   [--images 64] [--backend auto] [--max-batch 16] [--window-ms 10]
+                                   [--rounds 3] [--images 64] [--backend auto] [--max-batch 16] [--window-ms 10]
                                    [--sequential 30] [--out bench/results/serve.md]
 
 One command, one machine, side by side:
@@ -10,8 +10,10 @@ One command, one machine, side by side:
 2. the service (a `cxrmtl serve` subprocess on 127.0.0.1) with ``--clients`` threads posting the real NIH PNGs to
    /v1/predict for ``--seconds`` (after a short warm-up): errors, p50/p99 latency, throughput as a fraction of (1),
    the batch sizes dynamic batching formed (from /metrics);
-3. one client at a time: p50 of /v1/predict vs the in-process Predictor on one file (decode + predict) and vs a
-   whole `cxrmtl predict RUN FILE` process (what a user without the service runs).
+3. one client at a time: p50 of /v1/predict vs the in-process Predictor on one file (decode + predict), request by
+   request in turn, and vs a whole `cxrmtl predict RUN FILE` process (what a user without the service runs).
+The offline and service blocks alternate over ``--rounds`` so that background load drifting on a shared machine
+hits both sides alike; the ratios are of totals over all rounds.
 Without --run the weights are the config's network at its seeded initial values (speed does not depend on them).
 Clients and server share the machine's cores, so the ratios include the cost of the HTTP side.
 """
@@ -53,29 +55,21 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def offline(run: Path, files: list[Path], *, backend: str, batch: int, seconds: float, sequential: int) -> dict:
-    """Images/s of predict_arrays (model only) and predict_files (decode + model); p50 of one file at a time."""
-    from cxrmtl.infer.engine import Predictor, decode_file
-
-    predictor = Predictor.from_run(run, backend=backend)
-    images = [decode_file(p, size=predictor.image_size) for p in files]
-    predictor.predict_arrays(images[:batch])  # warm-up (ONNX Runtime allocates on the first run)
+def offline_arrays(predictor, images: list[np.ndarray], *, batch: int, seconds: float) -> tuple[int, float]:
+    """(images, seconds) of predict_arrays in batches over the preprocessed images: the model alone."""
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for i in range(0, len(images), batch):
             done += len(predictor.predict_arrays(images[i:i + batch]))
-    arrays = done / (time.perf_counter() - start)
+    return done, time.perf_counter() - start
+
+
+def offline_files(predictor, files: list[Path], *, batch: int, seconds: float) -> tuple[int, float]:
+    """(images, seconds) of predict_files: decode in 2 threads + model, what `cxrmtl predict` does on a folder."""
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         done += sum(r.result is not None for r in predictor.predict_files(files, batch_size=batch, workers=2))
-    files_rate = done / (time.perf_counter() - start)
-    one = []
-    for k in range(sequential):
-        t = time.perf_counter()
-        predictor.predict_arrays([decode_file(files[k % len(files)], size=predictor.image_size)])
-        one.append(time.perf_counter() - t)
-    return {"backend": predictor.backend, "arrays_ips": arrays, "files_ips": files_rate, "one_p50": percentile(one, 50),
-            "image_size": predictor.image_size}
+    return done, time.perf_counter() - start
 
 
 def multipart(data: bytes) -> tuple[bytes, str]:
@@ -152,21 +146,28 @@ def load_phase(port: int, bodies: list[tuple[bytes, str]], *, clients: int, seco
     n_batches = after["count"] - before["count"]
     counts = {le: cumulative[le] - (cumulative[bounds[i - 1]] if i else 0) for i, le in enumerate(bounds)}
     return {"ok": len(latencies), "errors": len(errors), "error_codes": sorted(set(errors)), "seconds": duration,
-            "ips": len(latencies) / duration, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
-            "batches": {le: n for le, n in counts.items() if n},
-            "mean_batch": (after["sum"] - before["sum"]) / max(1, n_batches)}
+            "ips": len(latencies) / duration, "latencies": latencies, "batches": counts, "n_batches": n_batches,
+            "batch_sum": after["sum"] - before["sum"]}
 
 
-def sequential_phase(port: int, bodies: list[tuple[bytes, str]], n: int) -> float:
+def sequential_phase(port: int, bodies: list[tuple[bytes, str]], predictor, files: list[Path], n: int
+                     ) -> tuple[float, float]:
+    """p50 seconds of one /v1/predict at a time and of the in-process Predictor on one file (decode + predict),
+    alternating request by request so both see the same background load."""
+    from cxrmtl.infer.engine import decode_file
+
     client = Client(port)
-    times = []
+    served, local = [], []
     for k in range(n):
         t = time.perf_counter()
         status = client.predict(*bodies[k % len(bodies)])
-        times.append(time.perf_counter() - t)
+        served.append(time.perf_counter() - t)
         if status != 200:
             raise RuntimeError(f"sequential request failed with {status}")
-    return percentile(times, 50)
+        t = time.perf_counter()
+        predictor.predict_arrays([decode_file(files[k % len(files)], size=predictor.image_size)])
+        local.append(time.perf_counter() - t)
+    return percentile(served, 50), percentile(local, 50)
 
 
 def cli_predict_seconds(run: Path, file: Path, env: dict[str, str], backend: str, repeats: int = 2) -> float:
@@ -197,38 +198,67 @@ def main() -> None:
     parser.add_argument("--config", default="nih_densenet121_224", help="packaged config for the untrained run")
     parser.add_argument("--run", type=Path, default=None, help="a trained run instead of the untrained config")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=60.0, help="service load time, over all rounds")
+    parser.add_argument("--offline-seconds", type=float, default=None,
+                        help="time of each offline baseline over all rounds (default: --seconds / 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="offline and service blocks alternate this often")
+    parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--window-ms", type=float, default=10.0)
     parser.add_argument("--sequential", type=int, default=30)
-    parser.add_argument("--offline-seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.md")
     args = parser.parse_args()
     files = sorted(NIH_IMAGES.glob("*.png"))[: args.images]
     if not files:
         sys.exit(f"no NIH PNGs in {NIH_IMAGES}")
+    offline_seconds = args.offline_seconds if args.offline_seconds is not None else args.seconds / 2
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         run = args.run or untrained_run(args.config, tmp_path / "run")
-        base = offline(run, files, backend=args.backend, batch=args.max_batch, seconds=args.offline_seconds,
-                       sequential=args.sequential)
-        cli_one = cli_predict_seconds(run, files[0], env, args.backend)
+        from cxrmtl.infer.engine import Predictor, decode_file
+
+        predictor = Predictor.from_run(run, backend=args.backend)
+        images = [decode_file(p, size=predictor.image_size) for p in files]
+        predictor.predict_arrays(images[: args.max_batch])  # warm-up (ONNX Runtime allocates on the first run)
         bodies = [multipart(p.read_bytes()) for p in files]
         (tmp_path / "db").mkdir()
         process, port = start_server(run, tmp_path / "db" / "worklist.sqlite", env, args)
+        totals = {"arrays": [0, 0.0], "files": [0, 0.0]}
+        rounds: list[dict] = []
         try:
-            load = load_phase(port, bodies, clients=args.clients, seconds=args.seconds, warmup=args.warmup)
-            one = sequential_phase(port, bodies, args.sequential)
+            for r in range(args.rounds):  # alternate, so drifting background load hits every side alike
+                for key, fn, arg in (("arrays", offline_arrays, images), ("files", offline_files, files)):
+                    n, sec = fn(predictor, arg, batch=args.max_batch, seconds=offline_seconds / args.rounds)
+                    totals[key][0] += n
+                    totals[key][1] += sec
+                rounds.append(load_phase(port, bodies, clients=args.clients, seconds=args.seconds / args.rounds,
+                                         warmup=args.warmup if r == 0 else 1.0))
+            one, one_local = sequential_phase(port, bodies, predictor, files, args.sequential)
         finally:
             process.terminate()
             process.wait(30)
+        cli_one = cli_predict_seconds(run, files[0], env, args.backend)
     load_after = os.getloadavg()
+    arrays_ips = totals["arrays"][0] / totals["arrays"][1]
+    files_ips = totals["files"][0] / totals["files"][1]
+    ok = sum(x["ok"] for x in rounds)
+    errors = sum(x["errors"] for x in rounds)
+    codes = sorted({c for x in rounds for c in x["error_codes"]})
+    served_seconds = sum(x["seconds"] for x in rounds)
+    ips = ok / served_seconds
+    latencies = [t for x in rounds for t in x["latencies"]]
+    batches: dict[str, int] = {}
+    for x in rounds:
+        for le, n in x["batches"].items():
+            batches[le] = batches.get(le, 0) + n
+    n_batches = sum(x["n_batches"] for x in rounds)
+    mean_batch = sum(x["batch_sum"] for x in rounds) / max(1, n_batches)
+    per_round = ", ".join(f"{x['ips']:.2f}" for x in rounds)
     model = str(args.run) if args.run else f"{args.config} (untrained weights)"
     lines = [
         f"# Service under load ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
@@ -236,23 +266,25 @@ def main() -> None:
         f"Command: `python bench/bench_serve.py {' '.join(sys.argv[1:])}`",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (other jobs share the cores).",
-        f"Model: {model}, {base['image_size']} px, backend {base['backend']}; {len(files)} real NIH PNGs "
-        f"(1024 x 1024) from ../shared/data/nih; max batch {args.max_batch}, window {args.window_ms:g} ms.",
+        f"Model: {model}, {predictor.image_size} px, backend {predictor.backend}; {len(files)} real NIH PNGs "
+        f"(1024 x 1024) from ../shared/data/nih; max batch {args.max_batch}, window {args.window_ms:g} ms; "
+        f"{args.rounds} rounds alternating offline and service blocks.",
         "",
         "| measure | value |",
         "|---|---|",
-        f"| offline `Predictor.predict_arrays`, batches of {args.max_batch} (model only) | "
-        f"{base['arrays_ips']:.2f} img/s |",
-        f"| offline `Predictor.predict_files` (decode + model, 2 decode threads) | {base['files_ips']:.2f} img/s |",
-        f"| service, {args.clients} clients, {load['seconds']:.0f} s: requests ok / errors | {load['ok']} / "
-        f"{load['errors']} {load['error_codes'] or ''} |",
-        f"| service throughput | {load['ips']:.2f} img/s = **{load['ips'] / base['arrays_ips']:.2f} x** "
-        f"predict_arrays, {load['ips'] / base['files_ips']:.2f} x predict_files |",
-        f"| service latency p50 / p99 under load | {load['p50'] * 1000:.0f} / {load['p99'] * 1000:.0f} ms |",
+        f"| offline `Predictor.predict_arrays`, batches of {args.max_batch} (model only) | {arrays_ips:.2f} img/s |",
+        f"| offline `Predictor.predict_files` (decode + model, 2 decode threads) | {files_ips:.2f} img/s |",
+        f"| service, {args.clients} clients, {served_seconds:.0f} s: requests ok / errors | {ok} / {errors} "
+        f"{codes or ''} |",
+        f"| service throughput (per round: {per_round}) | {ips:.2f} img/s = **{ips / arrays_ips:.2f} x** "
+        f"predict_arrays, {ips / files_ips:.2f} x predict_files |",
+        f"| service latency p50 / p99 under load | {percentile(latencies, 50) * 1000:.0f} / "
+        f"{percentile(latencies, 99) * 1000:.0f} ms |",
         f"| batch sizes formed (upper bucket bound: count) | "
-        f"{', '.join(f'<={le}: {n}' for le, n in load['batches'].items())} (mean {load['mean_batch']:.1f}) |",
-        f"| one client at a time: /v1/predict p50 | {one * 1000:.0f} ms |",
-        f"| in-process Predictor, one file (decode + predict) p50 | {base['one_p50'] * 1000:.0f} ms |",
+        f"{', '.join(f'<={le}: {n}' for le, n in batches.items() if n)} (mean {mean_batch:.1f}) |",
+        f"| one request at a time: /v1/predict p50 | {one * 1000:.0f} ms |",
+        f"| in-process Predictor, one file (decode + predict) p50, alternating with the above | "
+        f"{one_local * 1000:.0f} ms |",
         f"| `cxrmtl predict RUN FILE` process, one file (median of 2) | {cli_one * 1000:.0f} ms |",
     ]
     text = "\n".join(lines) + "\n"

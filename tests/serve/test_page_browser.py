@@ -117,6 +117,7 @@ def test_worklist_page_end_to_end(serve_run: ServeRun, tmp_path: Path) -> None:
             page.wait_for_function("() => document.getElementById('mark-read').disabled")
             page.wait_for_function("() => document.getElementById('count-unread').textContent === '2'")
             assert row_levels(page) == ["urgent", "routine"]
+            assert page.is_visible("#heatmap-layer")  # the open study keeps its heatmap
             shoot(page, tmp_path, "serve_2_read")
 
             # Reload: the study opens again from the address, still read; the Read tab lists it.

@@ -188,7 +188,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus text format: requests, latency, batch sizes, queue length, worklist size."""
-        return PlainTextResponse(service.metrics.render(service.gauges()),
+        return PlainTextResponse(service.metrics.render(await service.gauges()),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/docs", include_in_schema=False)

@@ -85,7 +85,7 @@ class Metrics:
         with self._lock:
             self.batches.observe(size)
 
-    def render(self, gauges: Mapping[str, tuple[str, float]] = ()) -> str:
+    def render(self, gauges: Mapping[str, tuple[str, float]] | None = None) -> str:
         """The exposition text; ``gauges`` maps a metric name (without prefix) to (help, value)."""
         with self._lock:
             lines = [f"# HELP {PREFIX}_http_requests_total HTTP requests by route template, method and status.",
@@ -100,7 +100,7 @@ class Metrics:
             lines += [f"# HELP {PREFIX}_batch_size Images per forward pass formed by dynamic batching.",
                       f"# TYPE {PREFIX}_batch_size histogram"]
             lines += self.batches.lines(f"{PREFIX}_batch_size", {})
-        for name, (text, value) in dict(gauges).items():
+        for name, (text, value) in dict(gauges or {}).items():
             lines += [f"# HELP {PREFIX}_{name} {text}", f"# TYPE {PREFIX}_{name} gauge",
                       f"{PREFIX}_{name} {_number(value)}"]
         return "\n".join(lines) + "\n"

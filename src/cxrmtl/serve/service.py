@@ -375,8 +375,9 @@ class Service:
         writable = await self._db(self.store.writable)
         return {"model_loaded": self.batcher.alive, "db_writable": bool(writable)}
 
-    def gauges(self) -> dict[str, tuple[str, float]]:
-        counts = self.store.counts()
+    async def gauges(self) -> dict[str, tuple[str, float]]:
+        """The gauges /metrics shows next to the counters."""
+        counts = await self._db(self.store.counts)
         return {"batch_queue_length": ("Images waiting for the model (dynamic batching queue).",
                                        float(self.batcher.queue_length)),
                 "worklist_unread": ("Studies waiting to be read.", float(counts["unread"])),

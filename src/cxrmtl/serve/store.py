@@ -144,15 +144,18 @@ class Store:
             raise ServeError(f"--db {self.db}: cannot create its folders ({exc.strerror or exc})") from exc
         self._lock_file = self._take_lock()
         self._clean_tmp()
+        self._conn: sqlite3.Connection | None = None
         try:
             self._conn = sqlite3.connect(self.db, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")  # the commit that acknowledges a study is on disk
             self._conn.executescript(SCHEMA)
             self._check_schema()
-        except sqlite3.DatabaseError as exc:
-            self._release_lock()
-            raise ServeError(f"--db {self.db}: not a usable SQLite database ({exc})") from exc
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise ServeError(f"--db {self.db}: not a usable SQLite database ({exc})") from exc
+            raise
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def _take_lock(self) -> Any:
@@ -190,7 +193,7 @@ class Store:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
-                self._conn = None  # type: ignore[assignment]
+                self._conn = None
             self._release_lock()
 
     @contextlib.contextmanager

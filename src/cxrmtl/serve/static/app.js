@@ -3,7 +3,7 @@
 "use strict";
 
 const REFRESH_MS = 5000;
-const state = { status: "unread", studies: [], selected: null, study: null, heat: null, info: null };
+const state = { status: "unread", studies: [], selected: null, study: null, shown: null, heat: null, info: null };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -196,7 +196,10 @@ function renderViewer(s) {
   const image = $("study-image");
   if (image.getAttribute("src") !== s.links.image) image.src = s.links.image;
   image.alt = `Chest X-ray, ${who}`;
-  setHeat(null);
+  if (state.shown !== s.id) {
+    state.shown = s.id;
+    setHeat(null);  // a new study starts without a heatmap; the same study (after "mark as read") keeps its own
+  }
   renderFindings(s);
 }
 
