@@ -176,3 +176,21 @@ def test_no_request_logs_a_500(client: TestClient, serve_run: ServeRun, caplog: 
     with caplog.at_level(logging.ERROR):
         upload(client, serve_run.studies["a"])
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_onnx_backend_serves_predictions_and_heatmaps(serve_run: ServeRun, tmp_path: Path) -> None:
+    """ONNX Runtime answers the predictions; Grad-CAM still runs on the torch network loaded with the run."""
+    pytest.importorskip("onnxruntime")
+    from cxrmtl.infer.engine import Predictor
+    from cxrmtl.serve.app import create_app
+    from cxrmtl.serve.service import Service
+    from cxrmtl.serve.store import Store
+
+    predictor = Predictor.from_run(serve_run.run, backend="onnx")
+    assert predictor.backend == "onnx"
+    with TestClient(create_app(Service(predictor, Store(tmp_path / "w.sqlite")))) as client:
+        r = upload(client, serve_run.studies["a"])
+        assert r.status_code == 201 and r.json()["urgency"]["level"] == serve_run.expected["a"]
+        heat = client.get(f"/v1/studies/{r.json()['id']}/heatmap/Pneumothorax?mode=layer")
+        assert heat.status_code == 200 and png_size(heat.content) == (256, 256)
+        assert client.get("/v1/info").json()["model"]["backend"] == "onnx"
