@@ -147,6 +147,11 @@ TRIAGE_SIM_READ_MINUTES: float = 1.5
 TRIAGE_SIM_READ_TIME: str = "lognormal"
 TRIAGE_SIM_HOURS: float = 24.0
 TRIAGE_SIM_UPPER_LIMIT: float | str = "auto"
+# The live service's upper limit on waiting (minutes) before a study goes to the top of the worklist (Baltruschat
+# et al., Eur Radiol 2021: an upper limit repairs the longer maximum wait of urgency order). The simulation's "auto"
+# needs a simulated FIFO room; a live worklist takes a fixed limit, overridable with `cxrmtl serve
+# --upper-limit-minutes`.
+SERVE_UPPER_LIMIT_MINUTES: float = 60.0
 TRIAGE_SIM_SEEDS: int = 20
 # --- end triage ---------------------------------------------------------------------------------------------------
 
