@@ -1,12 +1,13 @@
 """Localisation and paired-bootstrap speed, side by side with a baseline, in one run on this machine.
 
-1. Heatmap -> boxes: ``eval.localization.heatmap_to_boxes`` (OpenCV ``connectedComponentsWithStats``) against
+1. Heatmap -> boxes: ``localize.localization.heatmap_to_boxes`` (OpenCV ``connectedComponentsWithStats``) against
    scipy.ndimage ``label`` + ``find_objects`` doing the same job (baseline, the first implementation; both must
    return the same boxes).
-2. Paired patient-level bootstrap of AUROC differences: ``eval.paired.paired_auroc_difference`` (vectorised, one
+2. Paired patient-level bootstrap of AUROC differences: ``ablate.paired.paired_auroc_difference`` (vectorised, one
    shared resampler) against the plain loop (baseline): for every resample, expand the drawn patients' images and call
    scikit-learn's roc_auc_score for both models.
-3. Grad-CAM throughput of ``eval.cam.grad_cam`` on a timm ResNet-18 (no baseline: the figure sizes a localisation run).
+3. Grad-CAM throughput of ``localize.cam.grad_cam`` on a timm ResNet-18 (no baseline: the figure sizes a
+   localisation run).
 
     python bench/bench_localization.py [--quick]
 

@@ -134,7 +134,7 @@ def throughput(pipelines: dict[str, Callable[[Sequence[Path], int], int]], paths
 def one_pass_vs_many(cfg: Config, images: np.ndarray, *, rounds: int) -> dict[str, float]:
     """Multitask network (all heads) vs 14 single-finding networks, forward images/s and parameter counts."""
     from cxrmtl.labels import FINDINGS
-    from cxrmtl.train.build import build_model, build_tasks_for
+    from cxrmtl.runs.build import build_model, build_tasks_for
 
     multi = build_model(cfg, build_tasks_for(cfg, pos_weight=None), pretrained=False).eval()
     singles = []

@@ -1,43 +1,39 @@
 """Benchmark: cost of each task-weighting method per training step, against ``equal`` weighting, in one run.
 
-    python bench/bench_weighting.py [--backbone resnet18] [--size 128] [--batch 16] [--steps 3] [--repeats 2]
+    python bench/bench_weighting.py [--backbone resnet18] [--size 128] [--batch 16] [--repeats 4]
                                     [--threads 1] [--out bench/results/weighting.md]
 
 One training step = forward of the MultiTaskNet on a random batch with the five tasks (findings, abnormal, age,
-sex, view), the task losses, ``Weighting.backward`` and an AdamW step. Loss-weighting methods need one backward;
-gradient methods (gradnorm, pcgrad, cagrad) one per task, so with backward ~2x forward they cost ~(1 + 2T) / 3 x
-``equal`` (the forward is shared). Methods run interleaved ``--repeats`` times after one warm-up step each and the
-best time counts (the machine is shared). Prints a markdown table; ``--out`` also writes it. The defaults take ~3.5
-min of CPU; ``--size 64 --batch 8`` is a quick check.
+sex, view), the task losses, ``Weighting.backward`` and an AdamW step, as the training loop does it (GradNorm gets
+the backbone output through the same forward hook). Loss weighting and GradNorm need one backward through the
+backbone (GradNorm adds one backward per task through the heads only); gradient surgery (pcgrad, cagrad) needs one
+per task, so with backward ~2x forward it costs ~(1 + 2T) / 3 x ``equal`` (the forward is shared). Every method runs
+one warm-up step, then ``--repeats`` rounds of one step per method, interleaved so that load from other jobs hits
+all methods alike; the fastest step of each counts. Prints a markdown table; ``--out`` also writes it. The defaults
+take ~3 min of CPU (5 tasks, resnet18 @ 128 px, batch 16); ``--size 64 --batch 8`` is a quick check.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def machine() -> str:
     """nproc, CPU model, load average and date: what a reader needs to weigh the numbers."""
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError, StopIteration):
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
+    from machine import cpu_model
+
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{os.cpu_count()} cores (nproc), {model}, load average {load} (1/5/15 min), {date}"
+    return f"{os.cpu_count()} cores (nproc), {cpu_model()}, load average {load} (1/5/15 min), {date}"
 
 
 def make_batch(batch: int, size: int) -> tuple:
@@ -70,20 +66,31 @@ class Runner:
         self.tasks = build_tasks(["findings", "abnormal", "age", "sex", "view"])
         self.model = MultiTaskNet(backbone=backbone, tasks=self.tasks)
         self.weighting = build_weighting(method, task_names=[t.name for t in self.tasks])
+        self.features: list = []
+        # As the loop does: the backbone output, for GradNorm's norms.
+        if getattr(self.weighting, "needs_features", False):
+            self.model.backbone.register_forward_hook(lambda m, i, out: self.features.append(out))
         params = [*self.model.parameters(), *self.weighting.parameters()]
-        self.opt = torch.optim.AdamW(params, lr=1e-4)
+        self.opt = torch.optim.AdamW(params, lr=1e-4, fused=True)  # as cxrmtl.train.optim builds it
         self.x, self.targets, self.masks = batch
 
-    def step(self) -> float:
+    def step(self) -> tuple[float, float]:
+        """(seconds for the whole step, seconds inside ``Weighting.backward``)."""
         start = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         out = self.model(self.x)
         losses = {t.name: t.loss(out[t.name], *t.select(self.targets, self.masks)) for t in self.tasks}
-        self.weighting.backward(
-            losses, shared_params=self.model.shared_parameters(), all_params=list(self.model.parameters())
-        )
+        features = self.features.pop() if self.features else None
+        mid = time.perf_counter()
+        extra = {"features": features} if features is not None else {}
+        self.weighting.backward(losses, shared_params=self.model.shared_parameters(),
+                                all_params=list(self.model.parameters()), **extra)
+        backward = time.perf_counter() - mid
         self.opt.step()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, backward
+
+
+BACKBONE_PASSES = {"pcgrad": "T", "cagrad": "T"}  # backward passes through the backbone per step (others: 1)
 
 
 def run(args: argparse.Namespace) -> str:
@@ -96,28 +103,31 @@ def run(args: argparse.Namespace) -> str:
     methods = [m for m in WEIGHTINGS if m != "static"]  # static = equal with other numbers
     runners = {m: Runner(m, backbone=args.backbone, batch=batch) for m in methods}
     for r in runners.values():
-        r.step()  # warm-up: allocator, lazy imports
-    best = dict.fromkeys(methods, float("inf"))
+        r.step()  # warm-up: allocator, lazy imports, the gradient buffer
+    best = {m: (float("inf"), float("inf")) for m in methods}
+    started = time.perf_counter()
     for _ in range(args.repeats):
         for m, r in runners.items():
-            best[m] = min(best[m], sum(r.step() for _ in range(args.steps)) / args.steps)
-    base = best["equal"]
+            best[m] = min(best[m], r.step())
+    wall = time.perf_counter() - started
+    base = best["equal"][0]
     lines = [
         f"Command: `python bench/bench_weighting.py --backbone {args.backbone} --size {args.size} --batch {args.batch}"
-        f" --steps {args.steps} --repeats {args.repeats} --threads {args.threads}`",
+        f" --repeats {args.repeats} --threads {args.threads}`",
         "",
-        f"Machine: {machine()}; torch {torch.__version__}, {args.threads} thread(s). Taken under load from other "
-        "jobs: the ratio column is the number to use.",
+        f"Machine: {machine()}; torch {torch.__version__}, {args.threads} thread(s). The machine is shared: the "
+        "ratio column is the number to use.",
         "",
-        f"5 tasks, {args.backbone} @ {args.size} px, batch {args.batch}, CPU fp32, best of {args.repeats} x "
-        f"{args.steps} steps.",
+        f"5 tasks (T = 5), {args.backbone} @ {args.size} px, batch {args.batch}, CPU fp32, fastest of {args.repeats} "
+        f"interleaved steps per method ({wall:.0f} s for the timed rounds).",
         "",
-        "| method | per-task backward | s / step | images / s | x equal |",
-        "|---|---|---|---|---|",
+        "| method | backbone backward passes | s / step | of which Weighting.backward | images / s | x equal |",
+        "|---|---|---|---|---|---|",
     ]
     for m in methods:
-        per_task = "yes" if WEIGHTINGS[m].needs_per_task_grads else "no"
-        lines.append(f"| {m} | {per_task} | {best[m]:.3f} | {args.batch / best[m]:.1f} | {best[m] / base:.2f} |")
+        total, backward = best[m]
+        lines.append(f"| {m} | {BACKBONE_PASSES.get(m, '1')} | {total:.3f} | {backward:.3f} | "
+                     f"{args.batch / total:.1f} | {total / base:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,8 +136,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

@@ -40,6 +40,7 @@ class ModelConfig:
 
     backbone: str = "densenet121"
     pretrained: bool | str = False
+    allow_random_init: bool = False  # pretrained weights asked for but unavailable: random init instead of an error
     drop_rate: float = 0.0
     channels_last: bool = True
     compile: bool = False
@@ -78,7 +79,9 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.01
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    weighting_lr: float = 0.0  # lr of weighting parameters (uncertainty log-variances); 0 = same as lr
+    # lr of weighting parameters (uncertainty's log-variances); 0 = same as lr. At a network lr (1e-4..3e-3) they
+    # barely move; 0.03 reaches known noise variances in a few hundred steps with ~1-2 % jitter (docs/weighting.md).
+    weighting_lr: float = 0.03
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | fp16 | off
     ema_decay: float = 0.0  # 0 disables the weight EMA
     checkpoint_every: int = 500  # optimizer steps between mid-epoch checkpoints (0 = only at epoch ends)
+    checkpoint_minutes: float = 10.0  # also save last.pt when this long has passed since the last save (0 = never)
     select_metric: str = "auto"  # "val/<task>/<metric>", or auto = the first task's primary metric
     select_mode: str = "auto"  # auto (from the task's higher_is_better) | max | min
     early_stop_patience: int = 0  # epochs without improvement before stopping (0 = never)
@@ -276,7 +280,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else ""  # a SafeLoader
     except yaml.YAMLError:
         value = raw
     return parts, value
@@ -309,23 +313,72 @@ def _set_path(data: dict[str, Any], cls: type, parts: list[str], value: Any, tex
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config file, apply overrides, validate. A missing or malformed file raises ConfigError."""
+    """Read a YAML config file, apply overrides, validate.
+
+    Every way the file can be wrong (missing, a folder, unreadable, not UTF-8, invalid YAML, a key given twice, an
+    unknown key, a value out of range) raises a one-line ConfigError naming the file (and line, where YAML knows it).
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
-    cfg = apply_overrides(_parse(text, where=str(path)), overrides)
+    cfg = apply_overrides(_parse(read_config_text(path), where=str(path)), overrides)
     validate(cfg)
     return cfg
+
+
+def read_config_text(path: Path) -> str:
+    """The text of config file ``path``; unreadable or non-UTF-8 files raise a one-line ConfigError naming it."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                          "save the config as UTF-8") from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error instead of the last one
+    silently winning (``lr`` twice in a config would otherwise train with whichever came last).
+
+    Keys brought in by a YAML merge (``<<: *base``) may still be overridden: only a mapping's own keys are compared.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_error_message(exc: yaml.YAMLError, where: str) -> str:
+    """``where:line:column: invalid YAML: problem`` on one line (PyYAML's own text spans 4 to 8 lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    place = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    detail = f"{problem} ({context})" if context and "duplicate key" not in problem else problem
+    return " ".join(f"{place}: invalid YAML: {detail}".split())
 
 
 def _parse(text: str, *, where: str) -> Config:
     """YAML text -> Config (not yet validated: overrides may still change it); errors name ``where``."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML ({exc})") from exc
+        raise ConfigError(yaml_error_message(exc, where)) from exc
     try:
         return from_dict(Config, data)
     except ConfigError as exc:
@@ -372,6 +425,7 @@ _CHECKS: tuple[tuple[str, Any, str], ...] = (
     ("train.amp", lambda c: c.train.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
     ("train.ema_decay", lambda c: 0.0 <= c.train.ema_decay < 1.0, "must be in [0, 1)"),
     ("train.checkpoint_every", lambda c: c.train.checkpoint_every >= 0, "must be >= 0"),
+    ("train.checkpoint_minutes", lambda c: c.train.checkpoint_minutes >= 0, "must be >= 0"),
     ("train.select_mode", lambda c: c.train.select_mode in SELECT_MODES, f"must be one of {', '.join(SELECT_MODES)}"),
     ("train.early_stop_patience", lambda c: c.train.early_stop_patience >= 0, "must be >= 0"),
     ("train.log_every", lambda c: c.train.log_every >= 0, "must be >= 0"),

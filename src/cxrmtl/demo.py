@@ -1,4 +1,4 @@
-"""The main job on the built-in phantom: data -> cache -> multitask training -> evaluation -> report.
+"""The main job on the built-in phantom: data -> cache -> multitask training -> evaluation -> report -> triage.
 
 Every step writes an ordinary artefact that the other commands accept (``DIR/data`` is an NIH-layout folder,
 ``DIR/run`` a training run, ``DIR/run/eval/test`` an evaluation), and every step resumes: a second ``cxrmtl demo``
@@ -8,6 +8,7 @@ re-evaluates.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from cxrmtl.config import Config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "resources" / "configs"
+log_info = logging.getLogger(__name__).info
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ def _phantom_done(data: Path) -> bool:
 
 
 def _step(log: Callable[[str], None], number: int, text: str) -> None:
-    log(f"\n[{number}/5] {text}")
+    log(f"\n[{number}/6] {text}")
 
 
-def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None]) -> None:
+def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str], None],
+                 progress: bool = True) -> None:
     """Write the boosted-prevalence phantom unless a complete one is already there."""
     from cxrmtl.phantom.generate import write_phantom
 
@@ -85,7 +88,7 @@ def make_phantom(plan: DemoPlan, data: Path, *, workers: int, log: Callable[[str
 
         shutil.rmtree(data)
     report = write_phantom(data, patients=plan.patients, size=plan.phantom_size, seed=0, prevalence="boosted",
-                           workers=workers, progress=True)
+                           workers=workers, progress=progress)
     log(f"phantom: {report.images} images of {report.patients} patients, {report.boxes} boxes -> {data}")
 
 
@@ -96,13 +99,17 @@ def demo_config(plan: DemoPlan, *, extra: tuple[str, ...] = ()) -> Config:
     return load_config(CONFIG_DIR / "demo_phantom.yaml", [*plan.overrides, *extra])
 
 
-def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = "auto",
-             log: Callable[[str], None] = print) -> DemoResult:
+def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = "auto", progress: bool = True,
+             log: Callable[[str], None] = log_info) -> DemoResult:
     """Run the whole demo into ``out`` and return where the results are."""
-    from cxrmtl.data.cache import build_cache
-    from cxrmtl.data.nih import load_index
-    from cxrmtl.eval.evaluate import EvalOptions, evaluate_run
+    import dataclasses
+
+    from cxrmtl.eval.evaluate import EvalOptions
+    from cxrmtl.report.evaluation import evaluate_run
+    from cxrmtl.runs.data import open_run_data
+    from cxrmtl.runs.layout import RunDir
     from cxrmtl.train.loop import format_summary, train
+    from cxrmtl.triage.run import simulate_run
 
     start = time.perf_counter()
     plan = DEMO_PLANS["quick" if quick else "full"]
@@ -113,45 +120,50 @@ def run_demo(*, out: Path, quick: bool = False, workers: int = 2, device: str = 
         log("--quick: a smoke check of every step on a tiny phantom; its numbers mean nothing.")
 
     _step(log, 1, f"phantom ({plan.patients} patients, {plan.phantom_size} px, boosted prevalence)")
-    make_phantom(plan, data, workers=workers, log=log)
+    make_phantom(plan, data, workers=workers, log=log, progress=progress)
 
-    cfg = demo_config(plan)
+    cfg = demo_config(plan, extra=() if progress else ("train.progress=false",))
     _step(log, 2, f"preprocessing cache ({cfg.data.image_size} px)")
-    index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
-    cache_report = build_cache(index, cache, size=cfg.data.image_size, workers=workers, progress=True)
-    log(f"cache: {cache_report.count} images, {cache_report.ok} readable, {len(cache_report.failed)} unreadable, "
-        f"{cache_report.size} px, {cache_report.seconds:.1f} s -> {cache}")
+    view = open_run_data(data=dataclasses.replace(cfg.data, cache_workers=workers), data_root=data,
+                         cache_dir=cache, progress=progress).cache
+    readable = int(view.ok.sum())
+    log(f"cache: {len(view)} images, {readable} readable, {len(view) - readable} unreadable, {view.size} px -> {cache}")
 
     _step(log, 3, f"multitask training ({cfg.model.backbone}, tasks {', '.join(cfg.tasks.specs)})")
-    resume = (run / "checkpoints" / "last.pt").is_file()
+    resume = RunDir(run).has_run()  # a rerun continues (from step 0 when killed before the first checkpoint)
     summary = train(cfg, data_root=data, out=run, cache_dir=cache, resume=resume, device=device)
     table = format_summary(summary)
     log(table)
 
     _step(log, 4, "evaluation on the test split (patient bootstrap CIs, calibration, subgroups, localisation)")
-    sections = _localization_sections(run, cfg=cfg, data=data, cache=cache, log=log)
-    result = evaluate_run(run, data_root=data, split="test", cache_dir=cache, data_kind="phantom",
+    sections = _localization_sections(run, cfg=cfg, log=log)
+    result = evaluate_run(run, split="test", data_kind="phantom",
                           options=EvalOptions(n_bootstrap=plan.bootstrap), device="cpu", sections=sections)
 
-    _step(log, 5, "summary")
+    _step(log, 5, "triage: reading-room simulation, FIFO vs urgency vs urgency + upper limit (test split)")
+    triage = simulate_run(run, data_root=data, split="test", cache_dir=cache)
+    log(triage.summary)
+    result.rerender(run)  # the report now carries the triage section too
+
+    _step(log, 6, "summary")
     log(_headline(result.evaluation.metrics))
     seconds = time.perf_counter() - start
-    log(f"\nreport: {result.report_html}\nrun:    {run}\ntime:   {seconds / 60:.1f} min")
+    log(f"\nreport: {result.report_html}\ntriage: {triage.markdown_path}\nrun:    {run}\n"
+        f"time:   {seconds / 60:.1f} min")
     return DemoResult(out=out, data=data, cache=cache, run=run, report_html=result.report_html, summary=table,
                       seconds=seconds)
 
 
-def _localization_sections(run: Path, *, cfg: Config, data: Path, cache: Path, log: Callable[[str], None]) -> list:
+def _localization_sections(run: Path, *, cfg: Config, log: Callable[[str], None]) -> list:
     """Grad-CAM localisation against the phantom's boxes (Wang et al.'s protocol), as a report section."""
-    from cxrmtl.data.cache import open_cache
-    from cxrmtl.data.nih import load_index
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.localize.run import localization_section, localize_run, write_outputs
+    from cxrmtl.runs.data import open_run_data
 
     loaded = load_run(run, which="best", device="cpu")
-    index = load_index(data, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+    rd = open_run_data(run, data=cfg.data)  # the data and cache RUN/data.json records
     out_dir = run / "eval" / "test" / "localization"
-    result = localize_run(loaded, open_cache(cache), index, split="test", gallery_dir=out_dir / "gallery")
+    result = localize_run(loaded, rd.cache, rd.index, split="test", gallery_dir=out_dir / "gallery")
     if not result.cases:
         log("localisation: no boxed test images; section left out")
         return []
@@ -169,9 +181,13 @@ def _ci_cell(entry: dict | None) -> tuple[str, str]:
 
 def _headline(metrics: dict) -> str:
     """A short table: mean AUROC over the findings, then each auxiliary output's primary number (metrics.json)."""
+    from cxrmtl.report.render import mean_label
+
     lines = ["| task | metric | value | 95% CI |", "|---|---|---|---|"]
-    value, ci = _ci_cell((metrics.get("findings") or {}).get("auroc_mean"))
-    lines.append(f"| findings (mean of 14) | AUROC | {value} | {ci} |")
+    findings = metrics.get("findings") or {}
+    value, ci = _ci_cell(findings.get("auroc_mean"))
+    lines.append(f"| findings ({mean_label(findings.get('auroc_mean'), findings.get('names', []))}) | AUROC | "
+                 f"{value} | {ci} |")
     for task, entry in metrics.get("tasks", {}).items():
         if entry.get("kind") == "multilabel":
             continue

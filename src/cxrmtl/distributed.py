@@ -50,12 +50,48 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}: expected an integer, got {raw!r}") from exc
 
 
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # what every --device accepts (cli/_options.py lists the same)
+
+
+def resolve_device(name: str | torch.device, *, what: str = "--device") -> torch.device:
+    """The device ``name`` means, the same for every command: ``auto`` is CUDA when a GPU is visible, else the CPU.
+
+    ``cuda`` without a usable GPU is refused here (a ConfigError naming ``what``) instead of failing later deep
+    inside torch with a driver message. ``cuda`` resolves to the current CUDA device; under torchrun
+    ``init_distributed`` then binds each process to its LOCAL_RANK.
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
+    kind = name.split(":", 1)[0]
+    if kind not in DEVICES or (kind != "cuda" and ":" in name):
+        raise ConfigError(f"{what}: {name!r} is not one of {', '.join(DEVICES)}")
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what}: cuda requested but no CUDA GPU is available ({_cuda_note()}); "
+                          "use --device auto or cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what}: {name!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return dev
+
+
+def _cuda_note() -> str:
+    """Why torch sees no GPU, as far as it can tell: a CPU-only build, or no visible device."""
+    if torch.version.cuda is None:
+        return f"this torch {torch.__version__} is a CPU-only build"
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and not hidden.strip():
+        return "CUDA_VISIBLE_DEVICES is empty"
+    return f"torch {torch.__version__} with CUDA {torch.version.cuda} finds no device"
+
+
 def init_distributed(*, device: str = "auto") -> DistContext:
-    """Join the torchrun process group when WORLD_SIZE > 1 and pick the device (``auto``: CUDA when present)."""
+    """Join the torchrun process group when WORLD_SIZE > 1 and pick the device (``resolve_device``)."""
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local = _env_int("LOCAL_RANK", 0)
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
@@ -80,7 +116,10 @@ def barrier(ctx: DistContext) -> None:
 
 
 def mean_reducer(ctx: DistContext) -> Callable[[Tensor], Tensor] | None:
-    """The ``reduce`` callable given to gradient weighting: average a tensor over ranks in place (None on 1 process)."""
+    """The ``reduce`` callable given to gradient weighting: average a tensor over ranks in place (None on 1 process).
+
+    ``reduce.start(tensor)`` is the asynchronous form (see ``cxrmtl.train.weighting.start_reduce``).
+    """
     if not ctx.distributed:
         return None
 
@@ -89,6 +128,17 @@ def mean_reducer(ctx: DistContext) -> Callable[[Tensor], Tensor] | None:
         tensor.div_(ctx.world_size)
         return tensor
 
+    def start(tensor: Tensor) -> Callable[[], Tensor]:
+        """Launch the all-reduce asynchronously; the returned callable waits, averages and returns ``tensor``."""
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+
+        def finish() -> Tensor:
+            work.wait()
+            return tensor.div_(ctx.world_size)
+
+        return finish
+
+    reduce.start = start  # type: ignore[attr-defined]  # used by gradient weighting to overlap per-task reductions
     return reduce
 
 

@@ -32,6 +32,11 @@ class CheckpointError(CxrmtlError):
     """A checkpoint is corrupt, truncated or does not match the config."""
 
 
+class OutputError(CxrmtlError):
+    """An output folder cannot be created or written (a part of its path is a file, no permission, read-only file
+    system, full disk); the message names the path."""
+
+
 class RunError(CxrmtlError):
     """A run directory is missing files or was produced by an incompatible version."""
 
@@ -39,3 +44,12 @@ class RunError(CxrmtlError):
 # --- localize/localization.py, localize/cam.py, ablate/paired.py, ablate/ablation.py ----------------------------------
 class EvaluationError(CxrmtlError):
     """Evaluation inputs do not fit together (heatmap, boxes, predictions, labels); the message names the field."""
+
+
+# --- data/download.py, models/backbone.py (pretrained initialisation) ------------------------------------------------
+class DownloadError(CxrmtlError):
+    """Fetching or unpacking the NIH release failed (network, disk, damaged or unsafe archive); names the file."""
+
+
+class PretrainedWeightsError(ConfigError):
+    """``model.pretrained`` asks for weights that cannot be obtained, and random init was not allowed."""

@@ -1,11 +1,11 @@
 """Domain constants: one source of truth for label order, task names, codes and normalisation.
 
-Everything that names a finding, a view or a sex code imports it from here. Numbers cite FACTS.md sources.
+Everything that names a finding, a view or a sex code imports it from here. Every number cites its source.
 """
 
 from __future__ import annotations
 
-# The 14 ChestX-ray14 findings in the canonical order used by Wang et al. 2017 and CheXNet (FACTS.md).
+# The 14 ChestX-ray14 findings in the canonical order used by Wang et al. 2017 (arXiv:1705.02315) and CheXNet.
 FINDINGS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
@@ -44,7 +44,7 @@ SEX_CODES: dict[str, int] = {"M": 0, "F": 1}
 VIEW_CODES: dict[str, int] = {"PA": 0, "AP": 1}
 MISSING_CODE: int = -1
 
-# Official NIH release facts (FACTS.md) used by checks and tests.
+# Official NIH release facts (NIH ChestX-ray14 release: Data_Entry_2017, train_val_list.txt, test_list.txt).
 NIH_NUM_IMAGES: int = 112_120
 NIH_NUM_PATIENTS: int = 30_805
 NIH_IMAGE_SIZE: int = 1024
@@ -72,7 +72,7 @@ DEFAULT_SPLIT_SEED: int = 0
 TARGET_NAMES: tuple[str, ...] = ("findings", "abnormal", "age", "sex", "view")
 
 # Pixel normalisation applied on the device to uint8 images: x = (u8 / 255 - MEAN) / STD.
-# Gray mean/std of NIH images measured on the 225 real PNGs in ../shared/data/nih/images (ImageNet's gray
+# Gray mean/std of NIH images measured on a sample of 225 real NIH PNGs (ImageNet's gray
 # equivalent is close: 0.449 / 0.226).
 PIXEL_MEAN: float = 0.50
 PIXEL_STD: float = 0.25
@@ -96,6 +96,60 @@ URGENCY_ORDER: tuple[str, ...] = (
     "Pleural_Thickening",
 )
 
+# --- Triage (triage/urgency.py, triage/simulate.py; resources/configs/triage_default.yaml mirrors these) ----------
+# Default urgency weight per finding, in [0, 1], non-increasing along URGENCY_ORDER (a test keeps it so).
+# Tiers follow Annarumma et al., Radiology 2019 (critical / urgent / non-urgent / normal priority classes):
+# pneumothorax is their critical finding that ChestX-ray14 labels; effusion, consolidation/pneumonia, oedema and
+# masses are urgent; nodules, hernia, emphysema, fibrosis and pleural thickening are non-urgent. Within the urgent
+# tier the order is Baltruschat et al., Eur Radiol 2021 (pneumothorax, effusion, infiltrate, congestion (~Edema),
+# atelectasis, cardiomegaly, mass). The spacing of the numbers is our choice; only the order and the tiers are sourced.
+URGENCY_WEIGHTS: dict[str, float] = {
+    "Pneumothorax": 1.00,
+    "Effusion": 0.90,
+    "Infiltration": 0.80,
+    "Edema": 0.75,
+    "Atelectasis": 0.70,
+    "Cardiomegaly": 0.60,
+    "Mass": 0.55,
+    "Pneumonia": 0.50,
+    "Consolidation": 0.50,
+    "Nodule": 0.30,
+    "Hernia": 0.25,
+    "Emphysema": 0.20,
+    "Fibrosis": 0.15,
+    "Pleural_Thickening": 0.10,
+}
+# Findings that make a study "critical" (Annarumma et al. 2019's critical class, restricted to ChestX-ray14 labels).
+URGENCY_CRITICAL: tuple[str, ...] = ("Pneumothorax",)
+# A positive finding with at least this weight makes a study "urgent" (the Annarumma urgent tier above).
+URGENCY_URGENT_WEIGHT: float = 0.50
+# Without operating thresholds (run not evaluated on val) a finding counts when its probability reaches this.
+URGENCY_FALLBACK_THRESHOLD: float = 0.50
+# Which of the run's val operating points (eval.thresholds.THRESHOLD_METHODS) calls findings positive for triage: the
+# one at EVAL_TARGET_SENSITIVITY (0.90). A critical finding the model misses sinks to the end of the worklist
+# (Baltruschat et al. 2021's false-negative problem), so triage runs where computer-aided triage devices run: at high
+# sensitivity. On the demo phantom Youden's point found 10 of 25 test pneumothoraces, this one 23 (docs/triage.md).
+URGENCY_THRESHOLD_METHOD: str = "sensitivity"
+URGENCY_LEVELS: tuple[str, ...] = ("routine", "urgent", "critical")  # ascending; index = tier of the score
+# Goal of the reading-room simulation (issue 9), from Baltruschat et al. 2021's pneumothorax result with an upper
+# limit (mean 35.6 / 80.1 min = 0.44 of FIFO; maximum about 1.1 of FIFO): critical findings' mean time to report at
+# most this share of FIFO's, their maximum at most this multiple of FIFO's.
+TRIAGE_GOAL_MEAN_RATIO: float = 0.45
+TRIAGE_GOAL_MAX_RATIO: float = 1.10
+# Default reading room of `cxrmtl triage simulate` (docs/triage.md explains the choice; all are assumptions, not
+# measurements): one reader on the chest X-ray worklist, 36 studies an hour for 24 h (~860 a day, a large hospital's
+# volume), lognormal read times with mean 1.5 min (chest X-rays are read in one to two minutes). Offered utilisation
+# 36 x 1.5 / 60 = 0.90: loaded enough that the order matters (below ~0.8 queues stay short), stable within a day
+# (near 1 the queue grows all day). The upper limit is "auto": FIFO's longest wait in the same room (simulate.py).
+TRIAGE_SIM_ARRIVALS_PER_HOUR: float = 36.0
+TRIAGE_SIM_READERS: int = 1
+TRIAGE_SIM_READ_MINUTES: float = 1.5
+TRIAGE_SIM_READ_TIME: str = "lognormal"
+TRIAGE_SIM_HOURS: float = 24.0
+TRIAGE_SIM_UPPER_LIMIT: float | str = "auto"
+TRIAGE_SIM_SEEDS: int = 20
+# --- end triage ---------------------------------------------------------------------------------------------------
+
 # Image reader limits (decompression-bomb guard): largest side and total pixels accepted.
 MAX_IMAGE_SIDE: int = 16_384
 MAX_IMAGE_PIXELS: int = 100_000_000
@@ -105,10 +159,10 @@ MAX_IMAGE_BYTES: int = 512 * 1024 * 1024
 # Wang et al. 2017 (ChestX-ray8, arXiv:1705.02315, Sec. 4 "B-Box generation"): the heatmap is normalised to
 # [0, 255] and binarised at 60 and at 180 separately; every connected region of either binary map becomes a box.
 LOC_HEATMAP_THRESHOLDS: tuple[int, ...] = (60, 180)
-# Overlap thresholds Wang et al. report: T(IoBB) for the 14-class model, T(IoU) for the 8-class model (FACTS.md).
+# Overlap thresholds Wang et al. 2017 report: T(IoBB) for the 14-class model, T(IoU) for the 8-class model.
 LOC_IOBB_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
 LOC_IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-# Wang et al. 2017, 14-class model, localisation accuracy at T(IoBB) = 0.5 (FACTS.md).
+# Wang et al. 2017 (arXiv:1705.02315), 14-class model, localisation accuracy at T(IoBB) = 0.5.
 WANG_IOBB05_ACCURACY: dict[str, float] = {
     "Atelectasis": 0.194,
     "Cardiomegaly": 0.945,
@@ -130,7 +184,8 @@ ABLATION_WEIGHTINGS: tuple[str, ...] = ("equal", "uncertainty", "dwa", "gradnorm
 # Rows of Data_Entry that are in neither official list keep this split name: counted by `data check`, never served.
 UNLISTED_SPLIT: str = "unlisted"
 # Ages above this are impossible and treated as missing: the 2017 csv has typos such as 148, 155 and 411-414 years
-# (FACTS.md; fixed in the v2020 file). 122 years is the oldest verified human age (Jeanne Calment), so 120 is safe.
+# (NIH release; fixed in Data_Entry_2017_v2020.csv). 122 years is the oldest verified human age (Jeanne
+# Calment), so 120 is safe.
 MAX_PLAUSIBLE_AGE: float = 120.0
 # Image folders: a flat `images/` (NIH archives) and/or `images_001/images` .. (Kaggle mirror), searched in this order.
 IMAGE_DIR_NAME: str = "images"
@@ -168,7 +223,7 @@ EVAL_AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("60-79", 60.0, 80.0),
     (">=80", 80.0, 1000.0),
 )
-# Google expert labels (Majkowska et al., Radiology 2020; FACTS.md) -> ChestX-ray14 findings whose probabilities are
+# Google expert labels (Majkowska et al., Radiology 2020) -> ChestX-ray14 findings whose probabilities are
 # combined by max. "Airspace opacity" in that paper covers consolidation, pneumonia-like infiltrates, edema and
 # collapse (atelectasis); Fracture has no ChestX-ray14 counterpart and is not evaluated.
 EVAL_EXPERT_MAP: dict[str, tuple[str, ...]] = {
@@ -180,9 +235,11 @@ EVAL_EXPERT_MAP: dict[str, tuple[str, ...]] = {
 # --- Phantom (phantom/generate.py; owner: phantom module) -------------------------------------------------------------
 # Defaults of `cxrmtl phantom`. Difficulty 0 = obvious lesions, 1 = invisible; at the default a ResNet-18 trained
 # 3 epochs from scratch at 128 px reaches mean AUROC 0.85, min 0.71 (bench/results/learnability.md): far from perfect.
+# Files whose presence in a data folder marks it as a synthetic phantom (written by `cxrmtl phantom` or by hand).
+PHANTOM_MARKERS: tuple[str, ...] = ("phantom.json", "PHANTOM", "PHANTOM.txt", ".cxrmtl-phantom")
 PHANTOM_DEFAULT_PATIENTS: int = 1_000
 PHANTOM_DEFAULT_DIFFICULTY: float = 0.5
-PHANTOM_DEFAULT_LABEL_NOISE: float = 0.05  # share of positive labels flipped, text-mining style (FACTS.md)
+PHANTOM_DEFAULT_LABEL_NOISE: float = 0.05  # share of positive labels flipped, text-mining style (Oakden-Rayner 2020)
 PHANTOM_PREVALENCE_MODES: tuple[str, ...] = ("real", "boosted")
 PHANTOM_BOOSTED_MIN_PREVALENCE: float = 0.05  # "boosted" lifts every finding to at least this share of images
 PHANTOM_BOX_SHARE: float = 0.2  # share of images with a boxed finding that get rows in BBox_List_2017.csv

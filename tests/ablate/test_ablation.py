@@ -11,10 +11,14 @@ from sklearn.metrics import roc_auc_score
 
 from cxrmtl import labels
 from cxrmtl.ablate.ablation import (
+    CHECKPOINT_RULE,
     ArmScores,
+    Harness,
     RunRecord,
     Table,
+    check_split,
     compare,
+    describe_table,
     plan_variants,
     seeded,
     summarise,
@@ -55,6 +59,26 @@ def test_seeded_config_selects_on_findings_auroc_with_the_budget() -> None:
     assert (cfg.seed, cfg.train.max_steps, cfg.train.select_metric) == (7, 11, "auto")
     assert cfg.name == "ablation-single-Mass-seed7"
     assert seeded(variant, seed=7, max_steps=None).train.max_steps == variant.config.train.max_steps
+
+
+def test_every_arm_trains_the_same_budget_and_is_scored_with_its_final_checkpoint() -> None:
+    """One checkpoint rule for all arms: no single-task model gets a best-epoch pick for its own finding."""
+    base = from_dict(Config, {"tasks": {"specs": ["findings", "age"]}, "train": {"early_stop_patience": 3}})
+    configs = [seeded(v, seed=0, max_steps=5) for v in plan_variants(base, findings=("Mass", "Nodule"))]
+    assert {(c.train.early_stop_patience, c.train.max_steps) for c in configs} == {(0, 5)}
+    assert CHECKPOINT_RULE == "last"
+
+
+def test_comparison_on_train_is_refused_and_on_val_loudly_labelled() -> None:
+    with pytest.raises(ConfigError, match="in-sample"):
+        check_split("train")
+    check_split("val")
+    check_split("test")
+    result = {"phantom": False, "data_root": "x", "split": "val", "seeds": [0, 1], "max_steps": 3,
+              "baseline_weighting": "equal", "checkpoint": "last", **summarise(_table(), n_resamples=50)}
+    text = ablation_markdown(result)
+    assert text.splitlines()[2].startswith("> **VALIDATION SPLIT") and "final checkpoint" in text
+    assert "VALIDATION SPLIT" in ablation_section(result).html
 
 
 @pytest.mark.parametrize(
@@ -132,8 +156,37 @@ def test_report_says_what_came_out_even_when_multitask_loses() -> None:
     assert "multitask (equal) vs findings only: macro Δ -" in text and "— worse." in text
     assert "| macro mean |" in text and "| single-task | 2 | 0.00 M |" in text
     section = ablation_section(result)
-    assert section.title == "Multitask ablation" and "<table" in section.html and section.note == "phantom data"
+    assert section.title == "Multitask ablation" and "<table" in section.html
+    assert section.note == "phantom data; split test" and "PHANTOM DATA" in section.html and "PHANTOM DATA" in text
     assert verdict({"diff": 0.01, "low": -0.02, "high": 0.04}) == "no clear difference"
+
+
+def test_macro_row_says_when_it_averages_fewer_findings() -> None:
+    table = _table()
+    labels_ = table.labels.copy()
+    labels_[:, 1] = 0  # Mass: no positives on this split, so its AUROC is undefined
+    one_class = Table(table.findings, table.rows, table.patient_ids, labels_, table.masks, table.arms)
+    result = {"phantom": False, "data_root": "x", "split": "test", "seeds": [0, 1], "max_steps": 3,
+              "baseline_weighting": "equal", **summarise(one_class, n_resamples=50)}
+    assert "| macro mean over 1 of 2 findings (1 undefined) |" in ablation_markdown(result)
+
+
+def test_ablation_labels_its_data_from_the_folder_and_the_images_compared(tmp_path: Path) -> None:
+    from trainkit import write_tiny_nih
+
+    from cxrmtl.data.nih import load_index
+
+    root = write_tiny_nih(tmp_path / "nih")
+    cfg = Config()
+    test_rows = load_index(root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed).rows("test")
+    table = Table(("Effusion",), test_rows, np.zeros(test_rows.size), np.zeros((test_rows.size, 1)),
+                  np.ones((test_rows.size, 1), bool), {})
+    harness = Harness(data_root=root, out=tmp_path / "out")
+    subset = describe_table(harness, cfg, table)
+    assert subset.kind == "subset" and f"{test_rows.size} images" in subset.banner
+    assert describe_table(harness, cfg, table, phantom=True).kind == "phantom"
+    (root / "phantom.json").write_text("{}")  # as `cxrmtl phantom` writes it: detected without being told
+    assert describe_table(harness, cfg, table).kind == "phantom"
 
 
 def test_compare_needs_shared_seeds() -> None:
@@ -174,6 +227,20 @@ def test_ablate_command_end_to_end_and_resumable(tmp_path: Path) -> None:
     result = json.loads((out / "ablation.json").read_text())
     assert set(result["arms"]) == {"multitask", "findings_only", "single_task", "weighting:uncertainty"}
     assert len(result["runs"]) == 10 and result["phantom"] is True and result["seeds"] == [0, 1]
+    assert result["checkpoint"] == "last" and result["data"]["kind"] == "phantom"
+    assert "PHANTOM DATA" in (out / "ablation.md").read_text()
+    # The saved predictions are the final checkpoint's (the rule every arm follows), not best.pt's.
+    from cxrmtl.data.cache import open_cache
+    from cxrmtl.data.nih import load_index
+    from cxrmtl.infer.predictor import Predictions, load_run, predict_split
+
+    run_dir = out / "runs" / "single-Effusion" / "seed0"
+    last = load_run(run_dir, which="last")
+    index = load_index(out / "phantom", val_fraction=last.config.data.val_fraction,
+                       split_seed=last.config.data.split_seed)
+    fresh = predict_split(last, open_cache(out / "cache"), index, "test")
+    saved = Predictions.load(run_dir / "ablation_predictions.npz")
+    assert np.allclose(saved.outputs["findings:Effusion"], fresh.outputs["findings:Effusion"])
     assert result["arms"]["single_task"]["models_per_seed"] == 2
     assert result["arms"]["multitask"]["parameters"]["mean"] > result["arms"]["findings_only"]["parameters"]["mean"]
     assert {c["b"] for c in result["comparisons"]} == {"findings_only", "single_task", "multitask"}
@@ -194,3 +261,36 @@ def test_ablate_command_end_to_end_and_resumable(tmp_path: Path) -> None:
     third = CliRunner().invoke(app, [*args[:-2], "--max-steps", "3", "--device", "cpu"])
     assert third.exit_code != 0 and isinstance(third.exception, RunError)
     assert "other settings" in str(third.exception)
+
+
+def test_predictions_come_from_the_final_checkpoint_not_the_best(tmp_path: Path) -> None:
+    """A run whose best.pt is an earlier step than last.pt: the ablation scores last.pt."""
+    import shutil
+
+    from trainkit import tiny_config, write_tiny_nih
+
+    from cxrmtl.ablate.ablation import PREDICTIONS_FILE, _predict
+    from cxrmtl.data.cache import build_cache, open_cache
+    from cxrmtl.data.nih import load_index
+    from cxrmtl.infer.predictor import Predictions, load_run, predict_split
+    from cxrmtl.train.loop import train
+
+    root, run = write_tiny_nih(tmp_path / "nih"), tmp_path / "out" / "run"
+    harness = Harness(data_root=root, out=tmp_path / "out", device="cpu")
+    cfg = tiny_config("train.epochs=1", "train.max_steps=1", "train.checkpoint_every=0")
+    index = load_index(root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+    build_cache(index, harness.cache_dir, size=32, workers=1, progress=False)
+    train(cfg, data_root=root, out=run, cache_dir=harness.cache_dir, device="cpu")
+    early = tmp_path / "early.pt"
+    shutil.copy(run / "checkpoints" / "last.pt", early)
+    more = tiny_config("train.epochs=1", "train.max_steps=4", "train.checkpoint_every=0")
+    train(more, data_root=root, out=run, cache_dir=harness.cache_dir, resume=True, device="cpu")
+    shutil.copy(early, run / "checkpoints" / "best.pt")  # best = step 1, last = step 4
+    assert (load_run(run, which="best").step, load_run(run, which="last").step) == (1, 4)
+    _predict(harness, run)
+    saved = Predictions.load(run / PREDICTIONS_FILE)
+    view = open_cache(harness.cache_dir)
+    last = predict_split(load_run(run, which="last"), view, index, "test")
+    best = predict_split(load_run(run, which="best"), view, index, "test")
+    assert np.allclose(saved.outputs["findings"], last.outputs["findings"])
+    assert not np.allclose(saved.outputs["findings"], best.outputs["findings"])

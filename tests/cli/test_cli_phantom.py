@@ -29,7 +29,7 @@ def test_phantom_then_data_check_accepts_it(tmp_path: Path) -> None:
             "2",
             "--workers",
             "1",
-            "--quiet",
+            "--no-progress",
             "--prevalence",
             "real",
             "--label-noise",
@@ -57,12 +57,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_bad_option_exits_2_naming_the_option(tmp_path: Path) -> None:
-    result = _run("phantom", str(tmp_path / "x"), "--difficulty", "1.5", "--quiet")
+    result = _run("phantom", str(tmp_path / "x"), "--difficulty", "1.5", "--no-progress")
     assert result.returncode == 2
     assert "difficulty" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_non_empty_folder_exits_2(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x")
-    result = _run("phantom", str(tmp_path), "--patients", "1", "--size", "48", "--quiet")
+    result = _run("phantom", str(tmp_path), "--patients", "1", "--size", "48", "--no-progress")
     assert result.returncode == 2 and "not empty" in result.stderr

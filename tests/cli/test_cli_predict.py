@@ -104,7 +104,7 @@ def test_csv_table_and_usage_errors(evaluated: tuple[Path, Path], tmp_path: Path
     assert "empty" in rows[1]["error"]
     table = run_cli(["predict", str(run), str(image), "--backend", "torch"])
     assert table.returncode == 0, table.stderr
-    assert "trained on: UNKNOWN" in table.stdout and "youden thresholds from val" in table.stdout
+    assert "trained on: SUBSET" in table.stdout and "youden thresholds from val" in table.stdout
     assert image.name in table.stdout and "positive:" in table.stdout and "P(female)" in table.stdout
     for args, message in ((["--json", "--csv"], "choose one"), (["--backend", "tpu"], "--backend"),
                           (["--batch-size", "0"], "--batch-size: must be at least 1")):

@@ -16,11 +16,11 @@ from cxrmtl.eval.expert import expert_auroc, find_google_labels, load_google_lab
 HEADER = "Image Index,Patient ID,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id"
 
 
-def test_real_file_has_the_published_counts(nih_shared: Path) -> None:
-    table = load_google_labels(nih_shared / L.GOOGLE_LABELS_NAME)
-    assert len(table) == 4376  # FACTS.md: 4,376 images
+def test_real_file_has_the_published_counts(nih_file) -> None:
+    table = load_google_labels(nih_file(L.GOOGLE_LABELS_NAME))
+    assert len(table) == 4376  # Majkowska et al., Radiology 2020: 4,376 images
     assert set(table["set"]) == {"test", "val"}
-    test_list = set((nih_shared / "test_list.txt").read_text().split())
+    test_list = set(nih_file("test_list.txt").read_text().split())
     assert table.loc[table["set"] == "test", "image"].isin(test_list).all()
 
 

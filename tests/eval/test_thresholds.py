@@ -85,9 +85,24 @@ def test_missing_file_is_none(tmp_path: Path) -> None:
         ('{"schema": 1, "methods": {"youden": {"findings": {"Mass": "high"}}}}', "methods.youden.findings.Mass"),
         ('{"schema": 1, "methods": {"youden": {"findings": {"Mass": 0.5}}}, "default": "x"}', "default method"),
         ('{"schema": 1, "methods": []}', "methods"),
+        ('{"findings": {"Effusion": 0.3}}', "schema"),  # a bare task -> threshold map: evaluate never writes that
     ],
 )
 def test_malformed_file_names_file_and_field(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "thresholds.json").write_text(text)
     with pytest.raises(RunError, match=message):
         load_thresholds(tmp_path)
+
+
+def test_load_thresholds_is_the_only_reader_of_the_file() -> None:
+    """Everything that needs operating points goes through the schema-checked reader; no second parser drifts."""
+    src = Path(__file__).resolve().parents[2] / "src" / "cxrmtl"
+    # the reader/writer, the file name, and eval/thresholds.py which re-exports the reader
+    allowed = {src / "runs" / "operating.py", src / "runs" / "layout.py", src / "eval" / "thresholds.py"}
+    mentions = [
+        f"{path.relative_to(src)}:{n}"
+        for path in sorted(src.rglob("*.py")) if path not in allowed
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "THRESHOLDS_FILE" in line or ("thresholds.json" in line and ("open(" in line or "read_" in line))
+    ]
+    assert not mentions, f"read RUN/thresholds.json through cxrmtl.runs.operating.load_thresholds: {mentions}"

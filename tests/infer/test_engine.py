@@ -53,7 +53,7 @@ def test_predict_arrays_schema_without_thresholds(tiny: tuple[Path, Path], caplo
         predictor = Predictor.from_run(run, backend="torch")
     assert sum("no thresholds.json" in r.message for r in caplog.records) == 1
     assert predictor.backend == "torch" and predictor.image_size == 32 and predictor.finding_names == L.FINDINGS
-    assert predictor.data_kind == "unknown"
+    assert predictor.data_kind == "subset"  # RUN/data.json, written by train: a tiny NIH-layout folder
     images = [predictor.preprocess(read_gray(p)) for p in sorted((nih / "images").glob("*.png"))[:3]]
     results = predictor.predict_arrays(images)
     assert len(results) == 3

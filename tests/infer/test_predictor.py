@@ -3,7 +3,6 @@ match the training-time validation, and survive a save/load round trip."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +35,7 @@ def test_load_run_rebuilds_model_in_eval_mode(trained: tuple[Path, Path, Path]) 
     assert not loaded.model.training
     assert loaded.labels["findings"][7] == "Pneumothorax"
     assert [t.name for t in loaded.tasks] == ["findings", "abnormal", "age", "sex", "view"]
-    assert loaded.thresholds is None and loaded.step == 7
-    doc = {"schema": 1, "default": "youden", "methods": {"youden": {"findings": {"Effusion": 0.3}}}}
-    (run / "thresholds.json").write_text(json.dumps(doc))
-    try:  # read through runs.operating.load_thresholds, the file's one reader
-        assert load_run(run, which="last").thresholds.get("findings", "Effusion") == 0.3
-    finally:
-        (run / "thresholds.json").unlink()
+    assert loaded.step == 7
 
 
 def test_predict_split_matches_validation_and_covers_rows_once(trained: tuple[Path, Path, Path]) -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from cxrmtl.config import Config, to_dict
+from cxrmtl.runs.build import build_model, build_tasks_for
 from cxrmtl.runs.checkpoint import save_checkpoint
 from cxrmtl.runs.layout import RunDir, label_map
-from cxrmtl.train.build import build_model, build_tasks_for
 
 
 def write_untrained_run(out: Path, cfg: Config, *, seed: int = 0) -> Path:

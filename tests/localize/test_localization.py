@@ -146,6 +146,49 @@ def test_accuracy_table_sits_next_to_wang() -> None:
     assert "| Nodule | 4 | 0.750 | 0.750 | 0.500 | 0.500 | 0.500 | 0.75 | 0.000 |" in table
     assert f"{labels.WANG_IOBB05_ACCURACY['Effusion']:.3f}" in table
     assert "no localisation cases" in accuracy_table(evaluate_localization([], kind="iobb"))
+    alone = accuracy_table(evaluate_localization(_synthetic_cases(), kind="iobb"), reference=None)
+    assert "Wang" not in alone and "| Nodule | 4 | 0.750 | 0.750 | 0.500 | 0.500 | 0.500 | 0.75 |\n" in alone
+
+
+def _result(kind: str) -> object:
+    """A LocalizationResult of the synthetic cases, on data described as ``kind``."""
+    from cxrmtl.eval.datakind import make_description
+    from cxrmtl.localize.run import LocalizationResult
+
+    cases = _synthetic_cases()
+    n = (25_596, 2_797) if kind == "nih" else (40, 20)
+    return LocalizationResult(split="test", task="findings", cases=cases, skipped=0,
+                              iobb=evaluate_localization(cases, kind="iobb"),
+                              iou=evaluate_localization(cases, kind="iou"), data=make_description(kind, "test", *n))
+
+
+@pytest.mark.parametrize("kind", ["phantom", "subset"])
+def test_localize_outputs_carry_the_banner_and_no_paper_column_off_the_official_split(kind: str, tmp_path) -> None:
+    import json
+
+    from cxrmtl.localize.run import localization_section, write_outputs
+    from cxrmtl.report.render import load_section
+
+    paths = write_outputs(_result(kind), tmp_path)
+    text = paths["markdown"].read_text()
+    banner = "PHANTOM DATA" if kind == "phantom" else "SUBSET: 40 images, 20 patients"
+    assert f"> **{banner}" in text and "Wang 2017 @0.5" not in text and "not listed" in text
+    doc = json.loads(paths["json"].read_text())
+    assert doc["data"]["kind"] == kind and doc["wang2017_iobb_0.5"] is None
+    section = load_section(paths["section"])
+    assert banner in section.html and "Wang 2017" not in section.html and "40 images" in section.note
+    assert localization_section(_result(kind)).markdown == section.markdown
+
+
+def test_localize_outputs_on_the_official_split_sit_next_to_wang(tmp_path) -> None:
+    import json
+
+    from cxrmtl.localize.run import write_outputs
+
+    paths = write_outputs(_result("nih"), tmp_path)
+    text = paths["markdown"].read_text()
+    assert "Wang 2017 @0.5" in text and "> **" not in text and "official test split" in text
+    assert json.loads(paths["json"].read_text())["wang2017_iobb_0.5"] == dict(labels.WANG_IOBB05_ACCURACY)
 
 
 def test_ground_truth_boxes_scales_from_the_image_file_size() -> None:
@@ -183,8 +226,8 @@ def test_to_cache_boxes_clips_to_the_centre_square_and_drops_outside_boxes() -> 
     assert mapped.tolist() == [[15, 0, 20, 10], [45, 0, 5, 10]]  # first and last lie outside; third is clipped
 
 
-def test_ground_truth_boxes_on_real_bbox_list(nih_shared) -> None:
-    bbox = pd.read_csv(nih_shared / "BBox_List_2017.csv.gz")
+def test_ground_truth_boxes_on_real_bbox_list(nih_file) -> None:
+    bbox = pd.read_csv(nih_file("BBox_List_2017.csv"))
     coords = bbox.iloc[:, 2:6].to_numpy(dtype=float)
     boxes = pd.DataFrame({
         "image": bbox["Image Index"],
@@ -194,9 +237,9 @@ def test_ground_truth_boxes_on_real_bbox_list(nih_shared) -> None:
         "w": coords[:, 2],
         "h": coords[:, 3],
     })
-    # Boxes are in the 1024 x 1024 PNGs (FACTS.md), whatever OriginalImage[Width,Height] says.
+    # Boxes are in the 1024 x 1024 PNGs (NIH release), whatever OriginalImage[Width,Height] says.
     gt = ground_truth_boxes(boxes, dict.fromkeys(boxes["image"], (1024, 1024)), size=224)
-    assert sum(len(v) for v in gt.values()) == 984  # FACTS.md: 984 boxes on 880 images
+    assert sum(len(v) for v in gt.values()) == 984  # NIH release: 984 boxes on 880 images
     assert len({image for image, _ in gt}) == 880
     assert {finding for _, finding in gt} == set(labels.BBOX_FINDINGS)
     allboxes = np.concatenate(list(gt.values()))

@@ -1,4 +1,4 @@
-"""eval.report + eval.figures + eval.evaluate on arrays: metrics document, Section API, Markdown and HTML output."""
+"""report.render + report.figures + eval.evaluate on arrays: metrics document, Section API, Markdown and HTML output."""
 
 from __future__ import annotations
 
@@ -14,16 +14,20 @@ from sklearn.metrics import roc_auc_score
 
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.evaluate import EvalOptions, Evaluation, evaluate_outputs, make_figures
+from cxrmtl.eval.evaluate import EvalOptions, Evaluation, evaluate_outputs
+from cxrmtl.eval.published import WANG2017
 from cxrmtl.report import figures as F
+from cxrmtl.report.evaluation import make_figures
 from cxrmtl.report.render import (
     Figure,
     ReportData,
     Section,
     banners,
+    build_sections,
     html_table,
     load_section,
     markdown_table,
+    mean_label,
     render_report,
     table_section,
 )
@@ -84,7 +88,40 @@ def test_banners() -> None:
     assert banners({"data": {"kind": "nih"}, "split": "test"}) == []
     assert banners({"data": {"kind": "phantom"}, "split": "test"})[0][1].startswith("PHANTOM DATA")
     texts = [t for _, t in banners({"data": {"kind": "subset"}, "split": "val", "n_images": 5})]
-    assert any("Not the full NIH" in t for t in texts) and any("val split" in t for t in texts)
+    assert any(t.startswith("SUBSET: 5 images") for t in texts) and any("val split" in t for t in texts)
+    described = {"kind": "subset", "banner": "SUBSET: 9 images, 4 patients of the official test split, ...",
+                 "comparable": False}
+    assert banners({"data": described, "split": "test"}) == [("warn", described["banner"])]
+
+
+def _published(metrics: dict) -> Section:
+    return next(s for s in build_sections(ReportData(metrics=metrics)) if "ublished" in s.title)
+
+
+def test_ours_sits_next_to_published_numbers_only_on_the_official_test_split(
+    evaluation: tuple[object, Evaluation],
+) -> None:
+    metrics = dict(evaluation[1].metrics)  # phantom data: the papers' numbers for reference, ours not among them
+    reference = _published(metrics)
+    assert reference.title == "Published results (reference only)" and "ours" not in reference.markdown
+    assert "not comparable" in reference.note and "Sources: Wang et al." in reference.markdown
+    metrics["data"] = {"kind": "nih", "label": "NIH ChestX-ray14, official test split", "comparable": True}
+    table = _published(metrics)
+    assert table.title == "Comparison with published results"
+    assert "| ours (NIH ChestX-ray14, official test split) |" in table.markdown
+    # 14 findings in the run, Hernia undefined (no positives): the mean row says it averages 13, and the papers'
+    # mean over the same 13 stands beside it.
+    assert "| mean over 13 of 14 findings (1 undefined) |" in table.markdown
+    same = next(line for line in table.markdown.splitlines() if "same 13 findings" in line)
+    wang13 = np.mean([v for f, v in WANG2017.by_finding().items() if f != "Hernia"])
+    assert f"{wang13:.3f}" in same
+
+
+def test_mean_label_counts_undefined_and_missing_findings() -> None:
+    names = L.FINDINGS[:4]
+    assert mean_label({"n_outputs": 14}, L.FINDINGS) == "mean over 14 findings"
+    assert mean_label({"n_outputs": 3}, names) == "mean over 3 of 14 findings (1 undefined, 10 not predicted)"
+    assert mean_label({"n_outputs": 4}, names) == "mean over 4 of 14 findings (10 not predicted)"
 
 
 def test_training_curves_skip_broken_lines(tmp_path: Path) -> None:
@@ -114,7 +151,7 @@ def test_render_report(tmp_path: Path) -> None:
     assert "PHANTOM DATA: not comparable to published numbers" in page and "PHANTOM DATA" in md
     assert "ablation table" in page and "## Ablation" in md
     assert "Wang 2017 ResNet-50 (official split)" in page and "CheXNet 2017 DenseNet-121 (random split)" in page
-    assert "ours (PHANTOM, test split)" in md
+    assert "Published results (reference only)" in md and "| ours" not in md  # phantom: never beside papers
     # Self-contained: every image is an inline PNG, nothing is fetched (no http(s) URL in src/href).
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) == len(figs)

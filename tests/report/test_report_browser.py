@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from eval_synth import make_split
 
-from cxrmtl.eval.evaluate import EvalOptions, evaluate_outputs, make_figures
+from cxrmtl.eval.evaluate import EvalOptions, evaluate_outputs
+from cxrmtl.report.evaluation import make_figures
 from cxrmtl.report.render import ReportData, render_report, table_section
 
 CHROMIUM = Path("/usr/bin/chromium")

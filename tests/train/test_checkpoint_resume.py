@@ -77,9 +77,8 @@ def _copy_run(src: Path, dst: Path) -> Path:
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "corrupt or truncated"),
         (lambda p: p.write_bytes(b"not a checkpoint at all"), "corrupt or truncated"),
         (lambda p: torch.save({"hello": 1}, p), "missing"),
-        (lambda p: p.unlink(), "nothing to resume"),
     ],
-    ids=["truncated", "garbage", "foreign", "absent"],
+    ids=["truncated", "garbage", "foreign"],
 )
 def test_damaged_checkpoint_is_refused(short_run: Path, tiny_nih: Path, tiny_cache: Path, tmp_path: Path,
                                        damage, needle: str) -> None:

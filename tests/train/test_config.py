@@ -84,3 +84,50 @@ def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / name, ["train.epochs=1"])
     assert cfg.train.epochs == 1
     assert cfg.tasks.specs
+
+
+def test_duplicated_key_is_refused_naming_key_file_and_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("seed: 1\noptim:\n  lr: 0.001\n  weight_decay: 0.0\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:5:3: invalid YAML: duplicate key 'lr' \(first given on line 3\)"):
+        load_config(path)
+    top = tmp_path / "top.yaml"
+    top.write_text("seed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        load_config(top)
+    with pytest.raises(ConfigError, match="duplicate key"):
+        config_from_yaml_text("train:\n  epochs: 1\ntrain:\n  epochs: 2\n", where="run/config.yaml")
+
+
+def test_yaml_merge_keys_may_still_be_overridden() -> None:
+    text = "optim: &o {lr: 0.01, weight_decay: 0.0}\ntrain: {epochs: 2}\n"
+    assert config_from_yaml_text(text, where="x").optim.lr == pytest.approx(0.01)
+    import yaml
+
+    from cxrmtl.config import UniqueKeyLoader
+
+    merged = yaml.load("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n", Loader=UniqueKeyLoader)
+    assert merged["b"] == {"p": 3, "q": 2}
+
+
+def test_invalid_yaml_is_one_line_with_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 3\n   x: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{path}:3:") and "mapping values are not allowed here" in str(info.value)
+
+
+def test_unreadable_config_files_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text \(byte 0xe9 on line 1\)"):
+        load_config(latin)
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"folder\.yaml: is a folder, not a config file"):
+        load_config(folder)
+    below_file = latin / "x.yaml"
+    with pytest.raises(ConfigError, match=r"latin\.yaml/x\.yaml: cannot read config"):
+        load_config(below_file)

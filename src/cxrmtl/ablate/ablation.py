@@ -12,9 +12,12 @@ Each (variant, seed) trains through the engine's ``cxrmtl.train.loop.train`` int
 and predicts the evaluation split; a finished run leaves ``ablation_run.json`` and ``ablation_predictions.npz``
 and is skipped when the harness runs again (an interrupted one is resumed from its checkpoint). The comparison is
 per-finding AUROC (mean and SD over seeds) with paired patient-level bootstrap intervals of the differences
-(``eval.paired``), plus parameters, training time and inference time. The findings task is listed first in every
-variant so that the engine's automatic model selection ("first task's primary metric") is the findings AUROC for
-all of them.
+(``ablate.paired``), plus parameters, training time and inference time.
+
+Checkpoint rule (the same in every arm, docs/ablation.md): every model is scored with its final checkpoint after the
+same step budget, early stopping off. Best-on-val selection would not be fair: each single-task model would pick
+the best epoch for its own finding (a best-of-K choice per finding) while the multitask model gets one epoch for all
+findings. The comparison runs on the test split; ``val`` is allowed but loudly labelled, ``train`` is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from cxrmtl import labels
 from cxrmtl.ablate.paired import PairedResult, macro_difference, paired_auroc_difference
 from cxrmtl.config import Config, to_dict
 from cxrmtl.errors import ConfigError, EvaluationError, RunError
+from cxrmtl.eval.datakind import DataDescription, describe_data
 from cxrmtl.eval.metrics import auroc
 from cxrmtl.version import code_version
 
@@ -41,7 +45,10 @@ RUN_MARKER = "ablation_run.json"
 PREDICTIONS_FILE = "ablation_predictions.npz"
 RESULT_JSON = "ablation.json"
 RESULT_MD = "ablation.md"
-SCHEMA = 1
+SCHEMA = 2  # 2: final-checkpoint rule, "checkpoint" and "data" fields
+# Every arm is scored with this checkpoint of each of its models (see the module docstring and docs/ablation.md).
+CHECKPOINT_RULE = "last"
+COMPARE_SPLITS: tuple[str, ...] = ("test", "val")  # train is refused: in-sample numbers say nothing
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,12 +147,16 @@ def plan_variants(
 
 
 def seeded(variant: Variant, *, seed: int, max_steps: int | None) -> Config:
-    """The variant's config for one seed (and the step budget, when given), named after the variant."""
-    train = dataclasses.replace(variant.config.train, select_metric="auto", select_mode="auto", progress=False)
+    """The variant's config for one seed (and the step budget, when given), named after the variant.
+
+    Early stopping is off so every model trains the same budget and its final checkpoint is what gets compared.
+    """
+    train = dataclasses.replace(variant.config.train, select_metric="auto", select_mode="auto", progress=False,
+                                early_stop_patience=0)
     if max_steps is not None:
         train = dataclasses.replace(train, max_steps=max_steps)
-    # select_metric "auto" = the first task's primary metric = the findings AUROC (findings come first): a fixed
-    # name such as val/findings/auroc_mean would not exist in single-task or finding-subset variants.
+    # select_metric "auto" (the first task's primary metric; findings come first) only names best.pt, which the
+    # ablation does not use; a fixed name such as val/findings/auroc_mean would not exist in single-task variants.
     return dataclasses.replace(variant.config, seed=seed, name=f"ablation-{variant.dirname}-seed{seed}", train=train)
 
 
@@ -240,10 +251,12 @@ def run_variant(harness: Harness, variant: Variant, *, seed: int, max_steps: int
 
 
 def _predict(harness: Harness, run_dir: Path) -> tuple[int, float, int]:
-    """Predict the evaluation split with the selected checkpoint; save predictions; (parameters, seconds, images)."""
+    """Predict the evaluation split with the final checkpoint (CHECKPOINT_RULE, the same for every arm); save the
+    predictions; return (parameters, seconds, images)."""
+    from cxrmtl.distributed import resolve_device
     from cxrmtl.infer.predictor import load_run, predict_split
 
-    loaded = load_run(run_dir, which="best", device=_device(harness.device))
+    loaded = load_run(run_dir, which=CHECKPOINT_RULE, device=resolve_device(harness.device))
     index, cache = _data(harness, loaded.config)
     start = time.perf_counter()
     preds = predict_split(loaded, cache, index, harness.split, batch_size=harness.batch_size)
@@ -254,29 +267,17 @@ def _predict(harness: Harness, run_dir: Path) -> tuple[int, float, int]:
 
 def prepare_cache(harness: Harness, cfg: Config) -> None:
     """Build (or finish) the shared cache once up front, so no variant's training time includes decoding images."""
-    from cxrmtl.data.cache import build_cache
-    from cxrmtl.data.nih import load_index
-
-    index = load_index(harness.data_root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
-    build_cache(index, harness.cache_dir, size=cfg.data.image_size, workers=cfg.data.cache_workers or None,
-                progress=False)
-
-
-def _device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    _data(harness, cfg)
 
 
 def _data(harness: Harness, cfg: Config) -> tuple[Any, Any]:
-    """(NIHIndex, CacheView) for the run's split settings, built once per harness and setting."""
-    from cxrmtl.data.cache import open_cache
-    from cxrmtl.data.nih import load_index
+    """(NIHIndex, CacheView) for the run's split settings, opened (the cache built if missing) once per setting."""
+    from cxrmtl.runs.data import open_run_data
 
     key = (cfg.data.val_fraction, cfg.data.split_seed)
     if key not in harness.memo:
-        index = load_index(harness.data_root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
-        harness.memo[key] = (index, open_cache(harness.cache_dir))
+        rd = open_run_data(data=cfg.data, data_root=harness.data_root, cache_dir=harness.cache_dir)
+        harness.memo[key] = (rd.index, rd.cache)
     return harness.memo[key]
 
 
@@ -460,6 +461,24 @@ def summarise(table: Table, *, n_resamples: int, seed: int = 0) -> dict[str, Any
     }
 
 
+def check_split(split: str) -> None:
+    """Refuse comparisons on the training split; ``val`` passes (the report labels it loudly)."""
+    if split not in COMPARE_SPLITS:
+        why = " (in-sample: the models were fitted on it)" if split == "train" else ""
+        raise ConfigError(f"split: the ablation compares on {' or '.join(COMPARE_SPLITS)}, not {split!r}{why}")
+
+
+def describe_table(harness: Harness, cfg: Config, table: Table, *, phantom: bool = False) -> DataDescription:
+    """What the compared images are (``eval.datakind``: phantom marker in the data folder, subset, official split);
+    ``phantom=True`` (the command wrote the phantom itself) labels the data phantom whatever the folder holds."""
+    from cxrmtl.data.nih import load_index
+
+    key = (cfg.data.val_fraction, cfg.data.split_seed)
+    index = harness.memo[key][0] if key in harness.memo else load_index(
+        harness.data_root, val_fraction=cfg.data.val_fraction, split_seed=cfg.data.split_seed)
+    return describe_data(index, table.rows, harness.data_root, kind="phantom" if phantom else "auto")
+
+
 @dataclass(frozen=True)
 class AblationOptions:
     """Everything ``cxrmtl ablate`` decides besides the config."""
@@ -474,7 +493,7 @@ class AblationOptions:
     n_resamples: int = 1000
     device: str = "auto"
     batch_size: int = 64
-    phantom: bool = False  # the data is the built-in phantom (said in the report)
+    phantom: bool = False  # the command wrote the phantom itself; a phantom.json in data_root is detected anyway
 
 
 def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -484,8 +503,7 @@ def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str],
 
     if options.seeds < 1:
         raise ConfigError(f"seeds: need at least 1, got {options.seeds}")
-    if options.split not in labels.SPLITS:
-        raise ConfigError(f"split: {options.split!r} is not one of {', '.join(labels.SPLITS)}")
+    check_split(options.split)
     variants = plan_variants(base, findings=options.findings, weightings=options.weightings)
     harness = Harness(data_root=options.data_root, out=options.out, split=options.split, device=options.device,
                       batch_size=options.batch_size)
@@ -499,13 +517,16 @@ def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str],
             records.append(run_variant(harness, variant, seed=seed, max_steps=options.max_steps))
     findings = tuple(options.findings) if options.findings is not None else labels.FINDINGS
     table = build_table(options.out, records, findings=findings)
+    data = describe_table(harness, base, table, phantom=options.phantom)
     result = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "data_root": str(options.data_root),
-        "phantom": options.phantom,
+        "data": data.to_json(),
+        "phantom": data.kind == "phantom",
         "split": options.split,
+        "checkpoint": CHECKPOINT_RULE,
         "seeds": seeds,
         "max_steps": options.max_steps,
         "baseline_weighting": base.weighting.method,

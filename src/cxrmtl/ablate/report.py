@@ -1,4 +1,4 @@
-"""Tables of the ablation result (``eval.ablation.summarise``): OUT/ablation.md and a Section for the HTML report.
+"""Tables of the ablation result (``ablate.ablation.summarise``): OUT/ablation.md and a Section for the HTML report.
 
 Everything is read from the JSON-ready result dict, so the report can be rebuilt from OUT/ablation.json alone.
 Whatever the numbers say is what is printed: a verdict line per comparison says "better", "worse" or "no clear
@@ -59,9 +59,18 @@ def auroc_rows(result: Mapping[str, Any], arms: Sequence[str], deltas: Sequence[
         cells += [_mean_sd(result["arms"][arm]["auroc"][finding]) for arm in arms]
         cells += [_delta(comp["findings"][k]) for comp in deltas]
         rows.append(cells)
-    macro = ["macro mean", ""] + [_mean_sd(result["arms"][arm]["macro_auroc"]) for arm in arms]
+    macro = [macro_label(result, arms), ""] + [_mean_sd(result["arms"][arm]["macro_auroc"]) for arm in arms]
     rows.append(macro + [_delta(comp["macro"]) for comp in deltas])
     return rows
+
+
+def macro_label(result: Mapping[str, Any], arms: Sequence[str]) -> str:
+    """"macro mean", saying over how many findings when some are undefined (a class missing on this split)."""
+    findings = result["findings"]
+    defined = [f for f in findings if any(result["arms"][a]["auroc"][f].get("mean") is not None for a in arms)]
+    if len(defined) == len(findings):
+        return "macro mean"
+    return f"macro mean over {len(defined)} of {len(findings)} findings ({len(findings) - len(defined)} undefined)"
 
 
 def cost_rows(result: Mapping[str, Any], arms: Sequence[str]) -> list[list[str]]:
@@ -80,15 +89,33 @@ def cost_rows(result: Mapping[str, Any], arms: Sequence[str]) -> list[list[str]]
     return rows
 
 
+def banners(result: Mapping[str, Any]) -> list[str]:
+    """Warnings shown above the tables: phantom or subset data (``eval.datakind``), a validation-split comparison."""
+    out = []
+    data = result.get("data") or {}
+    if data.get("banner"):
+        out.append(str(data["banner"]))
+    elif result.get("phantom"):
+        out.append("PHANTOM DATA: synthetic images, not comparable to published numbers")
+    if result["split"] != "test":
+        out.append(f"VALIDATION SPLIT: compared on `{result['split']}`, not on the held-out test split; the test "
+                   "split is where a comparison is reported")
+    return out
+
+
 def _context(result: Mapping[str, Any]) -> str:
-    data = "the built-in phantom (synthetic images)" if result["phantom"] else f"`{result['data_root']}`"
+    data = (result.get("data") or {}).get("label") or (
+        "the built-in phantom (synthetic images)" if result["phantom"] else f"`{result['data_root']}`")
     steps = f"{result['max_steps']} optimizer steps" if result["max_steps"] else "the config's epochs"
     n_boot = result["comparisons"][0]["n_resamples"] if result["comparisons"] else 0
+    checkpoint = ("every model scored with its final checkpoint (the same rule in every arm; no per-finding "
+                  "best-epoch choice)" if result.get("checkpoint") == "last" else "best checkpoint on val")
     return (
-        f"Data: {data}; split `{result['split']}`: {result['images']} images of {result['patients']} patients. "
-        f"Seeds {result['seeds']}, every model trained for {steps}. AUROC: mean ± SD over seeds. "
-        f"Δ = AUROC(first) − AUROC(second), mean over seeds, with a 95% paired patient-level bootstrap interval "
-        f"({n_boot} resamples of patients, the same draws for both models and all seeds)."
+        f"Data: {data} from `{result['data_root']}`; split `{result['split']}`: {result['images']} images of "
+        f"{result['patients']} patients. Seeds {result['seeds']}, every model trained for {steps}, {checkpoint}. "
+        f"AUROC: mean ± SD over seeds. Δ = AUROC(first) − AUROC(second), mean over seeds, with a 95% paired "
+        f"patient-level bootstrap interval ({n_boot} resamples of patients, the same draws for both models and all "
+        "seeds)."
     )
 
 
@@ -127,7 +154,7 @@ def _blocks(result: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[s
 
 def ablation_markdown(result: Mapping[str, Any]) -> str:
     """OUT/ablation.md."""
-    parts = ["# Multitask ablation", "", _context(result), ""]
+    parts = ["# Multitask ablation", "", *(f"> **{text}**\n" for text in banners(result)), _context(result), ""]
     for heading, headers, rows, after in _blocks(result):
         parts += [f"## {heading}", "", markdown_table(headers, rows).rstrip("\n"), ""]
         if after:
@@ -139,13 +166,16 @@ def ablation_section(result: Mapping[str, Any]) -> Section:
     """The ablation as one report Section (``cxrmtl evaluate RUN --section OUT/ablation_section.json``)."""
     import html
 
-    md = [_context(result), ""]
-    body = [f"<p>{html.escape(_context(result))}</p>"]
+    md = [*(f"> **{text}**\n" for text in banners(result)), _context(result), ""]
+    css = "danger" if result.get("phantom") else "warn"
+    body = [f'<div class="banner {css}">{html.escape(text)}</div>' for text in banners(result)]
+    body.append(f"<p>{html.escape(_context(result))}</p>")
     for heading, headers, rows, after in _blocks(result):
         md += [f"### {heading}", "", markdown_table(headers, rows).rstrip("\n"), ""]
         body += [f"<h3>{html.escape(heading)}</h3>", html_table(headers, rows)]
         if after:
             md += [after, ""]
             body.append(f'<p class="small">{html.escape(after)}</p>')
-    note = "phantom data" if result["phantom"] else f"split {result['split']}"
+    note = (result.get("data") or {}).get("label") or ("phantom data" if result["phantom"] else "")
+    note = f"{note}; split {result['split']}" if note else f"split {result['split']}"
     return Section(title="Multitask ablation", markdown="\n".join(md), html="".join(body), note=note)

@@ -11,12 +11,24 @@ from pathlib import Path
 import typer
 
 from cxrmtl import labels
+from cxrmtl.cli._options import ALL, Device, EvalSplit, device_option
 
-ORDER = 60
+ORDER = 58  # after localize (55); predict takes 60
+WEIGHTING_CHOICES: tuple[str, ...] = (*labels.ABLATION_WEIGHTINGS, ALL)
 
 
 def _split_list(values: list[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _weightings(values: list[str]) -> list[str]:
+    """``--weightings`` as a list of method names (comma lists and repeats allowed; ``all`` = every method)."""
+    methods = _split_list(values)
+    unknown = [m for m in methods if m not in WEIGHTING_CHOICES]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(map(repr, unknown))}: not one of {', '.join(WEIGHTING_CHOICES)}",
+                                 param_hint="'--weightings'")
+    return list(labels.ABLATION_WEIGHTINGS) if ALL in methods else list(dict.fromkeys(methods))
 
 
 def ablate_command(
@@ -26,26 +38,29 @@ def ablate_command(
     seeds: int = typer.Option(labels.ABLATION_DEFAULT_SEEDS, "--seeds", min=1, help="Seeds per variant."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer steps per model (budget)."),
     weightings: list[str] = typer.Option(
-        [], "--weightings", help=f"Also compare loss weightings: {', '.join(labels.ABLATION_WEIGHTINGS)} or all "
-        "(comma list or repeated)."),
+        [], "--weightings", metavar=f"[{'|'.join(WEIGHTING_CHOICES)}],...",
+        help="Also compare these loss weightings (comma list or repeated; all = every one)."),
     findings: str | None = typer.Option(None, "--findings", help="Restrict to these findings (comma list)."),
-    split: str = typer.Option("test", "--split", help="Split the models are compared on."),
+    split: EvalSplit = typer.Option(
+        "test", "--split", help="Split the models are compared on (val is labelled as such; train is never used)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Patient-level bootstrap resamples."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cuda or cpu."),
+    device: Device = device_option(),
     phantom_patients: int = typer.Option(
         labels.PHANTOM_DEFAULT_PATIENTS, "--phantom-patients", min=1, help="Phantom size when --data is not given."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config field: dotted.key=value (repeatable)."),
 ) -> None:
     """Train the multitask model, findings-only and single-task models (and weightings) and compare them."""
     from cxrmtl.ablate.ablation import AblationOptions, run_ablation
+    from cxrmtl.cli._logging import configure_logging
+    from cxrmtl.cli._options import resolve_device_name
     from cxrmtl.config import load_config
-    from cxrmtl.errors import ConfigError
+    from cxrmtl.fsio import ensure_writable_dir
 
-    if device not in ("auto", "cuda", "cpu"):
-        raise ConfigError(f"--device: {device!r} is not one of auto, cuda, cpu")
+    configure_logging()
+    methods = _weightings(weightings)
     cfg = load_config(config, overrides)
-    methods = _split_list(weightings)
-    methods = list(labels.ABLATION_WEIGHTINGS) if "all" in methods else methods
+    device = resolve_device_name(device)
+    ensure_writable_dir(out, "--out")
     chosen = tuple(_split_list([findings])) if findings else None
     root = data if data is not None else _phantom(out / "phantom", patients=phantom_patients, seed=cfg.seed,
                                                   size=cfg.data.image_size)

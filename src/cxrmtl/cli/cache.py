@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cxrmtl.cli._options import progress_option
+
 ORDER = 30
 SHOWN_FAILURES = 20  # unreadable images listed on the terminal; manifest.json holds them all
 
@@ -16,18 +18,21 @@ cache_app = typer.Typer(help="Build and verify the uint8 preprocessing cache.", 
 def build(
     root: Path = typer.Argument(..., help="NIH-layout folder (Data_Entry csv, split lists, images)."),
     out: Path = typer.Argument(..., help="Cache folder to create or resume."),
-    size: int = typer.Option(..., "--size", help="Side S of the S x S cached images."),
-    workers: int = typer.Option(None, "--workers", help="Decoder processes (default: all cores)."),
+    size: int = typer.Option(..., "--size", min=1, help="Side S of the S x S cached images."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Decoder processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Discard an incompatible or partial cache in OUT."),
-    chunk: int = typer.Option(None, "--chunk", help="Images per journal chunk (resume granularity)."),
-    sync_every: float = typer.Option(None, "--sync-every", help="Seconds between fsync + journal commits."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    chunk: int | None = typer.Option(None, "--chunk", min=1, help="Images per journal chunk (resume granularity)."),
+    sync_every: float | None = typer.Option(
+        None, "--sync-every", min=0, help="Seconds between fsync + journal commits."),
+    progress: bool = progress_option(),
 ) -> None:
     """Decode every image of ROOT once into OUT; a killed build resumes, a finished one is a no-op."""
     from cxrmtl.data.cache import build_cache
     from cxrmtl.data.nih import load_index
+    from cxrmtl.fsio import ensure_writable_dir
     from cxrmtl.labels import CACHE_SYNC_SECONDS
 
+    ensure_writable_dir(out, "cache OUT")
     index = load_index(root)
     sync = CACHE_SYNC_SECONDS if sync_every is None else sync_every
     report = build_cache(index, out, size=size, workers=workers, progress=progress, force=force, chunk_size=chunk,
@@ -48,7 +53,7 @@ def build(
 @cache_app.command("verify")
 def verify(
     out: Path = typer.Argument(..., help="Cache folder to check."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    progress: bool = progress_option(),
 ) -> None:
     """Re-hash every cached image and compare with manifest.json; exits non-zero on any mismatch."""
     from tqdm import tqdm

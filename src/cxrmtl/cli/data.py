@@ -33,11 +33,12 @@ def check(
     """Report counts per split, per-finding prevalence, missing and unreadable images.
 
     Exits 0 when the layout is usable (missing or unreadable images are listed, not fatal) and 2 with a one-line
-    error when it is broken (no metadata, a patient in two splits, malformed CSV, ...).
+    error when it is broken (no metadata, a patient in two splits, malformed CSV, not one listed image on disk, ...).
     """
     import json
 
     from cxrmtl.data.check import check_data, format_report
+    from cxrmtl.errors import DataLayoutError
 
     report = check_data(
         root,
@@ -49,6 +50,8 @@ def check(
         split_seed=split_seed,
     )
     typer.echo(json.dumps(report, indent=2) if json_output else format_report(report))
+    if report["layout_errors"]:
+        raise DataLayoutError("; ".join(report["layout_errors"]))
 
 
 def register(app: typer.Typer) -> None:

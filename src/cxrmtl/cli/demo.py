@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from cxrmtl.cli._options import Device, device_option, progress_option
+
 ORDER = 10
 
 
@@ -16,12 +18,19 @@ def demo_command(
     workers: int = typer.Option(
         max(1, len(os.sched_getaffinity(0))), "--workers", min=1, help="Processes for phantom and cache."
     ),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cuda or cpu."),
+    device: Device = device_option(),
+    progress: bool = progress_option(what="progress bars (phantom, cache, training)"),
 ) -> None:
     """Phantom -> cache -> multitask training -> evaluation -> report, ending with the summary and report path."""
+    from cxrmtl.cli._logging import configure_logging
+    from cxrmtl.cli._options import resolve_device_name
     from cxrmtl.demo import run_demo
+    from cxrmtl.fsio import ensure_writable_dir
 
-    run_demo(out=out, quick=quick, workers=workers, device=device, log=typer.echo)
+    configure_logging()
+    device = resolve_device_name(device)
+    ensure_writable_dir(out, "--out")
+    run_demo(out=out, quick=quick, workers=workers, device=device, progress=progress, log=typer.echo)
 
 
 def register(app: typer.Typer) -> None:

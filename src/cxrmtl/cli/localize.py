@@ -1,4 +1,4 @@
-"""``cxrmtl localize RUN --data ROOT``: Grad-CAM localisation scored against the bounding boxes, plus a gallery."""
+"""``cxrmtl localize RUN``: Grad-CAM localisation scored against the bounding boxes, plus a gallery."""
 
 from __future__ import annotations
 
@@ -6,41 +6,40 @@ from pathlib import Path
 
 import typer
 
+from cxrmtl.cli._options import Checkpoint, Device, Split, checkpoint_option, device_option
+
 ORDER = 55
 
 
 def localize_command(
     run: Path = typer.Argument(..., help="Run folder made by `cxrmtl train`."),
-    data: Path = typer.Option(..., "--data", help="NIH-layout folder with BBox_List_2017.csv (real or phantom)."),
-    split: str = typer.Option("test", "--split", help="Split whose boxed images are localised."),
+    data: Path | None = typer.Option(
+        None, "--data", help="NIH-layout folder with BBox_List_2017.csv. Default: the run's (RUN/data.json)."),
+    split: Split = typer.Option("test", "--split", help="Split whose boxed images are localised."),
     out: Path | None = typer.Option(None, "--out", help="Output folder. Default: RUN/eval/<split>/localization."),
-    cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache (default: the one `train` uses)."),
-    which: str = typer.Option("best", "--checkpoint", help="Checkpoint: best or last."),
+    cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache. Default: the run's (RUN/data.json)."),
+    allow_data_mismatch: bool = typer.Option(
+        False, "--allow-data-mismatch", help="Localise on --data other than the run's on purpose."),
+    which: Checkpoint = checkpoint_option(),
     layer: str | None = typer.Option(None, "--layer", help="Module to take the CAM from (default: last stage)."),
     gallery: int = typer.Option(8, "--gallery", min=0, help="Overlay PNGs per kind (hit, false positive, miss)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per Grad-CAM pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: Device = device_option(),
 ) -> None:
     """Localise every boxed finding of a split with Grad-CAM; write localization.{json,md}, gallery/ and a section."""
-    from cxrmtl import labels
-    from cxrmtl.data.cache import build_cache, open_cache
-    from cxrmtl.data.nih import load_index
-    from cxrmtl.errors import ConfigError
+    from cxrmtl.cli._logging import configure_logging
+    from cxrmtl.cli._options import resolve_device_name
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.localize.run import localize_run, write_outputs
-    from cxrmtl.train.loop import default_cache_dir
+    from cxrmtl.runs.data import open_run_data
 
-    if split not in labels.SPLITS:
-        raise ConfigError(f"--split: {split!r} is not one of {', '.join(labels.SPLITS)}")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {device!r} is not one of cpu, cuda")
+    configure_logging()
+    device = resolve_device_name(device)
     loaded = load_run(run, which=which, device=device)
-    d = loaded.config.data
-    index = load_index(data, val_fraction=d.val_fraction, split_seed=d.split_seed)
-    cache_dir = cache or default_cache_dir(data_root=data, out=run, size=d.image_size)
-    build_cache(index, cache_dir, size=d.image_size, workers=d.cache_workers or None, progress=False)
+    rd = open_run_data(run, data=loaded.config.data, data_root=data, cache_dir=cache,
+                       allow_data_mismatch=allow_data_mismatch)
     out = out or run / "eval" / split / "localization"
-    result = localize_run(loaded, open_cache(cache_dir), index, split=split, batch_size=batch_size, layer=layer,
+    result = localize_run(loaded, rd.cache, rd.index, split=split, batch_size=batch_size, layer=layer,
                           gallery_dir=out / "gallery" if gallery else None, gallery_per_kind=gallery)
     paths = write_outputs(result, out)
     typer.echo(paths["markdown"].read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cxrmtl.cli._options import Prevalence, progress_option
 from cxrmtl.labels import (
     NIH_IMAGE_SIZE,
     PHANTOM_BOX_SHARE,
@@ -15,7 +16,7 @@ from cxrmtl.labels import (
     PHANTOM_DEFAULT_PATIENTS,
 )
 
-ORDER = 15
+ORDER = 18  # after demo (10) and download (15)
 
 
 def phantom(
@@ -31,21 +32,23 @@ def phantom(
     label_noise: float = typer.Option(
         PHANTOM_DEFAULT_LABEL_NOISE, "--label-noise", help="Share of positive labels flipped, like text-mined labels."
     ),
-    prevalence: str = typer.Option(
-        "boosted", "--prevalence", help="real (NIH prevalence) or boosted (every finding >= 5 %)."
+    prevalence: Prevalence = typer.Option(
+        "boosted", "--prevalence", help="real: NIH prevalence; boosted: every finding >= 5 %."
     ),
     box_share: float = typer.Option(
         PHANTOM_BOX_SHARE, "--box-share", help="Share of images with boxed findings that get BBox_List rows."
     ),
-    workers: int = typer.Option(min(8, os.cpu_count() or 1), "--workers", help="Rendering processes."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    workers: int = typer.Option(min(8, os.cpu_count() or 1), "--workers", min=1, help="Rendering processes."),
+    progress: bool = progress_option(),
 ) -> None:
     """Write Data_Entry_2017.csv, images_0XX/images/*.png, train_val_list.txt, test_list.txt, BBox_List_2017.csv."""
+    from cxrmtl.fsio import ensure_writable_dir
     from cxrmtl.phantom.generate import write_phantom
 
+    ensure_writable_dir(out, "phantom OUT")
     report = write_phantom(
         out, patients=patients, size=size, seed=seed, difficulty=difficulty, label_noise=label_noise,
-        prevalence=prevalence, box_share=box_share, workers=workers, progress=not quiet,
+        prevalence=prevalence, box_share=box_share, workers=workers, progress=progress,
     )  # fmt: skip
     typer.echo(
         f"wrote {report.images} images of {report.patients} patients ({report.test_images} test), "

@@ -37,7 +37,7 @@ import numpy as np
 
 from cxrmtl import labels
 from cxrmtl.errors import CacheError, CxrmtlError
-from cxrmtl.fsio import atomic_write_text
+from cxrmtl.fsio import atomic_write_text, exclusive_lock, no_space_message
 
 if TYPE_CHECKING:
     from cxrmtl.data.nih import NIHIndex
@@ -371,25 +371,9 @@ def build_cache(
         raise CacheError(f"{out}: exists and is not a directory")
     plan = _make_plan(index, size=size, chunk_size=chunk_size, workers=workers)
     out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
+    with exclusive_lock(out / LOCK_FILE, what=str(out), error=CacheError):  # two builds never write one cache
         return _build_locked(out, plan, workers=workers, progress=progress, force=force, sync_seconds=sync_seconds,
                              started=started)
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``out`` so two builds never write the same cache; the OS drops it if we die."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    with open(out / LOCK_FILE, "a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CacheError(f"{out}: another cache build is running in this folder") from None
-        yield
 
 
 def _build_locked(
@@ -468,6 +452,36 @@ def _finished_report(out: Path, plan: _Plan, started: float) -> CacheReport | No
     return CacheReport(**{**report.__dict__, "processed": 0, "skipped": True})
 
 
+@dataclass(frozen=True)
+class CacheStatus:
+    """Whether ``out`` can serve an index as it stands: ``ready``, ``missing`` (nothing built), ``partial`` (an
+    interrupted build that ``build_cache`` resumes) or ``conflict`` (a different cache: rebuilding would destroy it).
+    ``reason`` says why in a phrase that names the folder."""
+
+    state: str
+    reason: str
+
+
+def cache_status(index: NIHIndex, out: Path, *, size: int) -> CacheStatus:
+    """Look at ``out`` without writing anything: may it be opened for ``index`` at ``size``, built, or neither?"""
+    out = Path(out)
+    plan = _make_plan(index, size=size, chunk_size=None, workers=1)
+    if out.exists() and not out.is_dir():
+        return CacheStatus("conflict", f"{out}: exists and is not a directory")
+    for name, state in ((MANIFEST_FILE, "ready"), (PLAN_FILE, "partial")):
+        path = out / name
+        if path.is_file():
+            try:
+                problem = _mismatch(_load_json(path), plan, path)
+            except CacheError as exc:
+                return CacheStatus("conflict", str(exc))
+            if problem:
+                return CacheStatus("conflict", problem)
+            reason = "ready" if state == "ready" else f"{out}: holds an interrupted build"
+            return CacheStatus(state, reason)
+    return CacheStatus("missing", f"{out}: no cache there yet")
+
+
 def _start_or_resume(out: Path, plan: _Plan) -> _Plan:
     """Continue the partial build in ``out`` (same identity and format), or lay out a fresh one."""
     plan_path = out / PLAN_FILE
@@ -509,7 +523,7 @@ def _allocate(out: Path, plan: _Plan) -> None:
     needed = len(plan.names) * plan.size * plan.size
     free = shutil.disk_usage(out).free
     if needed > free:
-        raise CacheError(f"{path}: needs {needed / 2**30:.2f} GiB, only {free / 2**30:.2f} GiB free")
+        raise CacheError(no_space_message(path, needed=needed, free=free))
     with open(path, "wb") as fh:
         fh.truncate(needed)
         if hasattr(os, "posix_fallocate"):
@@ -517,7 +531,7 @@ def _allocate(out: Path, plan: _Plan) -> None:
                 os.posix_fallocate(fh.fileno(), 0, needed)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
-                    raise CacheError(f"{path}: no space left to reserve {needed / 2**30:.2f} GiB") from None
+                    raise CacheError(no_space_message(path, needed=needed)) from None
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -576,7 +590,7 @@ def _safe_results(jobs: list[_Job], images_path: str, size: int, workers: int) -
 
 
 def _results(jobs: list[_Job], images_path: str, size: int, workers: int) -> Iterator[_Result]:
-    """Run the jobs in this process (one worker) or in a pool of fresh ``spawn`` processes, yielding as they end."""
+    """Run the jobs in this process (one worker) or in a process pool (``_start_method``), yielding as they end."""
     if workers == 1 or len(jobs) == 1:
         _worker_init_local()
         for job in jobs:

@@ -1,8 +1,10 @@
 """What ``cxrmtl data check`` reports about an NIH-layout folder, as one JSON-ready dict.
 
 Counts per split (images and patients), per-finding prevalence per split, the official train_val / test totals,
-CSV rows in neither list, list names missing from the CSV, missing image files and unreadable ones. Only a broken
-layout raises (``DataLayoutError`` from ``load_index``); missing or unreadable images are reported, never fatal.
+CSV rows in neither list, list names missing from the CSV, missing image files and unreadable ones. A broken
+layout raises (``DataLayoutError`` from ``load_index``) or, when the metadata is fine but not one listed image exists,
+is named in ``report["layout_errors"]`` (the command prints the report, then the error, and exits 2); some missing
+or unreadable images are reported, never fatal (a partial download is a usable subset).
 """
 
 from __future__ import annotations
@@ -55,7 +57,18 @@ def check_data(
         "boxes": {"boxes": len(index.boxes), "images": int(index.boxes["image"].nunique())},
         "images": _image_report(index, metadata_only=metadata_only, decode=decode, workers=workers, examples=examples),
     }
+    report["layout_errors"] = layout_errors(report)
     return report
+
+
+def layout_errors(report: dict[str, Any]) -> list[str]:
+    """Problems that make the folder unusable although its metadata parsed: today, not one listed image exists."""
+    images, total = report["images"], report["total"]["images"]
+    if not images.get("checked") or total == 0 or images["found"] > 0:
+        return []
+    folders = ", ".join(images["folders"]) or "none (expected images/ or images_0XX/images/)"
+    return [f"{report['root']}: none of the {total:,} images listed in {Path(report['metadata_file']).name} exists "
+            f"(image folders: {folders}); use --metadata-only to check the metadata alone"]
 
 
 def _counts(index: NIHIndex, rows: np.ndarray) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """One evaluation: every task's metrics with patient-clustered CIs, operating points, calibration, subgroups and
-expert labels, on plain arrays (``evaluate_outputs``), plus the wiring to a run folder (``evaluate_run``).
+expert labels, on plain arrays (``evaluate_outputs``). The run-level wiring (predict a run, write the report) is
+``cxrmtl.report.evaluation.evaluate_run``: ``eval`` computes numbers and never imports ``report``.
 
 Validation predictions are used only to choose things (thresholds, temperatures); everything reported is measured
 on the evaluated split. The result is the metrics.json document (schema in docs/evaluation.md), JSON-safe: undefined
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,7 @@ class SplitOutputs:
     patient_ids: np.ndarray  # (N,)
     metadata: pd.DataFrame  # N rows; columns sex, age, view (NIHIndex.table codes) where known
     tasks: dict[str, TaskOutputs] = field(default_factory=dict)
+    rows: np.ndarray | None = None  # (N,) NIHIndex rows of the images, when they come from an index
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -313,21 +314,7 @@ def _findings_doc(
     }
 
 
-# ---------------------------------------------------------------------------------------------- run folder wiring
-# Files whose presence in a data folder marks it as a synthetic phantom (written by `cxrmtl phantom` or by hand).
-PHANTOM_MARKERS: tuple[str, ...] = ("PHANTOM", "PHANTOM.txt", "phantom.json", ".cxrmtl-phantom")
-DATA_KINDS: tuple[str, ...] = ("auto", "nih", "phantom", "subset")
-
-
-def detect_data_kind(root: Path, *, n_images: int, n_test: int) -> str:
-    """"phantom" when a marker file is present, "nih" for the complete release (112,120 images, 25,596 in the
-    official test list, FACTS.md), otherwise "subset": any other NIH-layout folder, never compared with papers."""
-    if any((Path(root) / name).exists() for name in PHANTOM_MARKERS):
-        return "phantom"
-    full = n_images == L.NIH_NUM_IMAGES and n_test == L.NIH_SPLIT_COUNTS["test"][0]
-    return "nih" if full else "subset"
-
-
+# ---------------------------------------------------------------------------------------------- run-level helpers
 def split_outputs(preds: object, tasks: Sequence[object], table: pd.DataFrame) -> SplitOutputs:
     """SplitOutputs from a ``cxrmtl.infer.predictor.Predictions`` and the NIHIndex table (for names, metadata)."""
     rows = np.asarray(preds.rows)
@@ -343,146 +330,4 @@ def split_outputs(preds: object, tasks: Sequence[object], table: pd.DataFrame) -
         )
     images = table["image"].to_numpy()[rows]
     return SplitOutputs(split=preds.split, images=images, patient_ids=np.asarray(preds.patient_ids), metadata=meta,
-                        tasks=outs)
-
-
-@dataclass(frozen=True)
-class RunEvaluation:
-    """Where ``evaluate_run`` wrote things, and the evaluation itself."""
-
-    out_dir: Path
-    metrics_path: Path
-    report_md: Path
-    report_html: Path
-    thresholds_path: Path | None
-    evaluation: Evaluation
-
-
-def _binary_outputs(ev: SplitOutputs) -> TaskOutputs | None:
-    """Non-finding binary outputs (abnormal, sex, view, ...) gathered for one ROC figure."""
-    cols = [(t, k) for t in ev.tasks.values() if t.kind in CLASSIFICATION_KINDS
-            for k, n in enumerate(t.names) if n not in L.FINDING_INDEX]
-    if not cols:
-        return None
-    names = tuple(f"{t.name}" if t.names == (t.name,) else f"{t.name}/{t.names[k]}" for t, k in cols)
-    stack = [np.stack([getattr(t, a)[:, k] for t, k in cols], axis=1) for a in ("scores", "targets", "mask")]
-    return TaskOutputs("auxiliary", "binary", names, stack[0], stack[1], stack[2].astype(bool))
-
-
-def make_figures(ev: SplitOutputs, evaluation: Evaluation, *, log_path: Path | None, n_bins: int) -> list[object]:
-    """ROC, PR and reliability grids for the findings, a ROC grid for other binary outputs, training curves."""
-    from cxrmtl.report import figures as F
-
-    figs = []
-    findings = ev.findings()
-    metrics = evaluation.metrics
-    if findings is not None:
-        per_output = {name: {"auroc": metrics["findings"]["auroc"].get(name)} for name in findings.names}
-        for task in metrics["tasks"].values():
-            for name, out in task.get("outputs", {}).items():
-                if name in per_output:
-                    per_output[name]["auprc"] = out.get("auprc")
-        temps = {n: t for task in evaluation.temperatures.values() for n, t in task.items()}
-        figs += [F.roc_grid(findings, per_output), F.pr_grid(findings, per_output),
-                 F.reliability_grid(findings, temps, n_bins=n_bins)]
-    aux = _binary_outputs(ev)
-    if aux is not None:
-        aux_metrics = {}
-        for name, task in metrics["tasks"].items():
-            for out, doc in task.get("outputs", {}).items():
-                aux_metrics[name if out == name else f"{name}/{out}"] = doc
-        figs.append(F.roc_grid(aux, aux_metrics))
-    if log_path is not None and Path(log_path).is_file():
-        curves = F.training_curves(F.read_log(log_path))
-        if curves is not None:
-            figs.append(curves)
-    return figs
-
-
-def _predict(loaded: object, cache: object, index: object, split: str, batch_size: int) -> SplitOutputs | None:
-    from cxrmtl.infer.predictor import predict_split
-
-    if len(index.rows(split)) == 0:
-        return None
-    preds = predict_split(loaded, cache, index, split, batch_size=batch_size)
-    if len(preds) == 0:
-        return None
-    return split_outputs(preds, loaded.tasks, index.table)
-
-
-def evaluate_run(
-    run: Path,
-    *,
-    data_root: Path,
-    split: str = "test",
-    cache_dir: Path | None = None,
-    options: EvalOptions | None = None,
-    which: str = "best",
-    device: str = "cpu",
-    batch_size: int = 64,
-    expert_labels: Path | None = None,
-    data_kind: str = "auto",
-    sections: Sequence[object] = (),
-    figures: bool = True,
-) -> RunEvaluation:
-    """Predict ``split`` and val with the run's model, evaluate, write RUN/eval/<split>/ and RUN/thresholds.json.
-
-    ``figures=False`` skips the matplotlib figures (the slowest part on a small split) for a quick numbers-only look.
-    """
-    from cxrmtl.data.cache import build_cache, open_cache
-    from cxrmtl.data.nih import load_index
-    from cxrmtl.eval.expert import find_google_labels, load_google_labels
-    from cxrmtl.eval.thresholds import save_thresholds
-    from cxrmtl.fsio import write_json_atomic
-    from cxrmtl.infer.predictor import load_run
-    from cxrmtl.infer.tables import write_predictions_csv
-    from cxrmtl.report.render import ReportData, render_report
-    from cxrmtl.train.loop import default_cache_dir
-    from cxrmtl.version import code_version
-
-    if split not in ("test", "val"):
-        raise EvaluationError(f"split: must be test or val, got {split!r}")
-    if data_kind not in DATA_KINDS:
-        raise EvaluationError(f"data kind: must be one of {', '.join(DATA_KINDS)}, got {data_kind!r}")
-    options = options or EvalOptions()
-    run = Path(run)
-    loaded = load_run(run, which=which, device=device)
-    d = loaded.config.data
-    index = load_index(data_root, val_fraction=d.val_fraction, split_seed=d.split_seed)
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_root=data_root, out=run, size=d.image_size)
-    build_cache(index, cache_dir, size=d.image_size, progress=False)
-    cache = open_cache(cache_dir)
-    ev = _predict(loaded, cache, index, split, batch_size)
-    if ev is None:
-        raise EvaluationError(f"split {split}: no readable images of this split in {data_root}")
-    val = ev if split == "val" else _predict(loaded, cache, index, "val", batch_size)
-    kind = data_kind if data_kind != "auto" else detect_data_kind(
-        data_root, n_images=len(index), n_test=len(index.rows("test")))
-    # Phantom images reuse NIH file names: expert labels of real images would be matched to synthetic ones.
-    expert_path = None if kind == "phantom" else find_google_labels(data_root, expert_labels)
-    expert = load_google_labels(expert_path) if expert_path is not None else None
-    info = {
-        "run": str(run), "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch, "step": loaded.step,
-        "code_version": code_version(), "created": _now(),
-        "data": {"root": str(Path(data_root).resolve()), "kind": kind, "n_index_images": len(index),
-                 "expert_labels": str(expert_path) if expert_path else None},
-    }
-    evaluation = evaluate_outputs(ev, val=val, expert=expert, options=options, info=info)
-    out_dir = run / "eval" / split
-    metrics_path = write_json_atomic(out_dir / "metrics.json", evaluation.metrics)
-    thresholds_path = None
-    if evaluation.thresholds is not None:
-        thresholds_path = save_thresholds(run, evaluation.thresholds, code_version=info["code_version"])
-    write_predictions_csv(out_dir / "predictions.csv", ev, loaded)  # after thresholds.json: predict's numbers
-    figs = make_figures(ev, evaluation, log_path=run / "log.jsonl", n_bins=options.n_bins) if figures else []
-    title = f"cxrmtl evaluation: {run.name} ({split})"
-    paths = render_report(ReportData(metrics=evaluation.metrics, figures=tuple(figs), title=title), out_dir=out_dir,
-                          sections=list(sections))
-    return RunEvaluation(out_dir=out_dir, metrics_path=metrics_path, report_md=paths.markdown,
-                         report_html=paths.html, thresholds_path=thresholds_path, evaluation=evaluation)
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                        tasks=outs, rows=rows)

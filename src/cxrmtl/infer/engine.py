@@ -11,7 +11,6 @@ reason and never stops the others. Result dicts: ``infer.results`` (docs/predict
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -25,13 +24,12 @@ import torch
 
 from cxrmtl.errors import CxrmtlError, RunError
 from cxrmtl.infer.results import Result, build_results, is_calibrated
+from cxrmtl.runs.data import read_data_kind
 from cxrmtl.runs.operating import Thresholds, load_thresholds
 
 log = logging.getLogger(__name__)
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
-DATA_FILE = "data.json"  # RUN/data.json: {"data_kind": "phantom" | "nih" | "subset", ...} (written by training)
-PHANTOM_MARKER = "phantom.json"  # written by `cxrmtl phantom` into the data folder
 
 
 @dataclass(frozen=True)
@@ -64,24 +62,6 @@ class TorchBackend:
         with torch.inference_mode():
             out = self.model(x.to(self.device))
         return {name: value.float().cpu().numpy() for name, value in out.items()}
-
-
-def read_data_kind(run: Path) -> str:
-    """What the run was trained on: RUN/data.json's "data_kind"; else "phantom" when the data root it names holds
-    a phantom marker; else "unknown" (runs made before data.json existed do not record their data)."""
-    path = Path(run) / DATA_FILE
-    if not path.is_file():
-        return "unknown"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: not readable JSON ({exc})") from exc
-    if isinstance(doc, dict) and isinstance(doc.get("data_kind"), str):
-        return doc["data_kind"]
-    root = doc.get("root") or doc.get("data_root") if isinstance(doc, dict) else None
-    if isinstance(root, str) and (Path(root) / PHANTOM_MARKER).is_file():
-        return "phantom"
-    return "unknown"
 
 
 def decode_file(path: Path, *, size: int) -> np.ndarray:

@@ -119,7 +119,7 @@ def export_onnx(loaded: Any, out: Path, *, opset: int = EXPORT_OPSET, data_kind:
     """Export the model of a ``LoadedRun`` to ``out`` (atomically) with its metadata; returns ``out``."""
     import onnx
 
-    from cxrmtl.infer.engine import read_data_kind
+    from cxrmtl.runs.data import read_data_kind
 
     out = Path(out)
     check_opset(opset)

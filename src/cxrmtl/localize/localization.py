@@ -201,8 +201,8 @@ def image_sizes(table: pd.DataFrame, images: Iterable[str]) -> dict[str, tuple[i
     """(width, height) of each image file, read from its header: the frame BBox_List_2017.csv boxes are drawn in.
 
     Not ``orig_width``/``orig_height``: those are the sizes before NIH downsampled the images to 1024 x 1024 (e.g.
-    2992 x 2991), while the boxes are in the 1024 x 1024 PNG (FACTS.md); the phantom's boxes likewise are in its
-    written images. Images whose file is missing are left out.
+    2992 x 2991), while the boxes are in the 1024 x 1024 PNG (NIH release, BBox_List_2017.csv; Wang et al. 2017);
+    the phantom's boxes likewise are in its written images. Images whose file is missing are left out.
     """
     from cxrmtl.data.imageio import probe_image
 
@@ -247,23 +247,25 @@ def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def accuracy_rows(
-    iobb_result: pd.DataFrame, *, reference: Mapping[str, float] = labels.WANG_IOBB05_ACCURACY
+    iobb_result: pd.DataFrame, *, reference: Mapping[str, float] | None = labels.WANG_IOBB05_ACCURACY
 ) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows: accuracy per finding at each T(IoBB), AFP at 0.5, Wang et al.'s accuracy at 0.5."""
+    """Headers and rows: accuracy per finding at each T(IoBB), AFP at 0.5, Wang et al.'s accuracy at 0.5.
+
+    ``reference=None`` leaves the Wang column out (data not comparable with the paper: phantom or a subset).
+    """
     thresholds = sorted(iobb_result["threshold"].unique())
-    head = ["finding", "cases", *(f"T(IoBB)={t:g}" for t in thresholds), "AFP@0.5", "Wang 2017 @0.5"]
+    head = ["finding", "cases", *(f"T(IoBB)={t:g}" for t in thresholds), "AFP@0.5"]
+    head += ["Wang 2017 @0.5"] if reference is not None else []
     rows = []
     for finding, group in iobb_result.groupby("finding", sort=False):
         acc = dict(zip(group["threshold"], group["accuracy"], strict=True))
         afp = dict(zip(group["threshold"], group["afp"], strict=True))
-        ref = reference.get(str(finding))
-        rows.append([
-            str(finding),
-            str(int(group["cases"].iloc[0])),
-            *(f"{acc[t]:.3f}" for t in thresholds),
-            f"{afp[0.5]:.2f}" if 0.5 in afp else "-",
-            f"{ref:.3f}" if ref is not None else "-",
-        ])
+        row = [str(finding), str(int(group["cases"].iloc[0])), *(f"{acc[t]:.3f}" for t in thresholds),
+               f"{afp[0.5]:.2f}" if 0.5 in afp else "-"]
+        if reference is not None:
+            ref = reference.get(str(finding))
+            row.append(f"{ref:.3f}" if ref is not None else "-")
+        rows.append(row)
     return head, rows
 
 
@@ -279,7 +281,9 @@ def iou_rows(iou_result: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def accuracy_table(iobb_result: pd.DataFrame, *, reference: Mapping[str, float] = labels.WANG_IOBB05_ACCURACY) -> str:
+def accuracy_table(
+    iobb_result: pd.DataFrame, *, reference: Mapping[str, float] | None = labels.WANG_IOBB05_ACCURACY
+) -> str:
     """Markdown of ``accuracy_rows``."""
     if iobb_result.empty:
         return "_no localisation cases (no ground-truth boxes among the evaluated images)_\n"

@@ -1,11 +1,13 @@
 """Localisation of a trained run: Grad-CAM on every boxed image of a split, Wang et al.'s scoring, a PNG gallery.
 
 For each (image, finding) with a ground-truth box (``NIHIndex.boxes``, mapped into the cache image) the findings
-head's output for that finding is explained with Grad-CAM (``eval.cam``); its heatmap becomes boxes and the cases are
-scored at every T(IoBB) and T(IoU) (``eval.localization``). The gallery keeps the first cases, in image-name order,
-of each kind at T(IoBB) = ``labels.LOC_GALLERY_IOBB``: true positives (a predicted box hits a true box), false
-positives (a predicted box hits nothing) and misses (no predicted box hits); one case can be both a hit and carry a
-false positive. Cases are processed in batches and drawn as they come, so memory does not grow with the split.
+head's output for that finding is explained with Grad-CAM (``localize.cam``); its heatmap becomes boxes and the
+cases are scored at every T(IoBB) and T(IoU) (``localize.localization``). The gallery keeps the first cases, in
+image-name order, of each kind at T(IoBB) = ``labels.LOC_GALLERY_IOBB``: true positives (a predicted box hits a true
+box), false positives (a predicted box hits nothing) and misses (no predicted box hits); one case can be both a hit
+and carry a false positive. Cases are processed in batches and drawn as they come, so memory does not grow with the
+split. Every output carries the data description of ``eval.datakind`` (phantom / subset banner; Wang et al.'s
+numbers only beside the complete official test split).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pandas as pd
 
 from cxrmtl import labels
 from cxrmtl.errors import EvaluationError
+from cxrmtl.eval.datakind import DataDescription, describe_data
 from cxrmtl.localize.localization import (
     LocalizationCase,
     accuracy_rows,
@@ -63,9 +66,16 @@ class LocalizationResult:
     iou: pd.DataFrame
     skipped: int  # boxed images of the split left out: file missing or unreadable, or boxes outside the crop
     gallery: dict[str, list[str]] = field(default_factory=dict)
+    data: DataDescription | None = None  # what the split's readable images are (phantom, subset, official)
+
+    @property
+    def comparable(self) -> bool:
+        """Whether Wang et al.'s numbers may stand next to ours: only on the complete official test split."""
+        return self.data is not None and self.data.comparable
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "data": self.data.to_json() if self.data is not None else None,
             "split": self.split,
             "task": self.task,
             "cases": len(self.cases),
@@ -73,7 +83,7 @@ class LocalizationResult:
             "heatmap_thresholds": list(labels.LOC_HEATMAP_THRESHOLDS),
             "iobb": self.iobb.to_dict(orient="records"),
             "iou": self.iou.to_dict(orient="records"),
-            "wang2017_iobb_0.5": dict(labels.WANG_IOBB05_ACCURACY),
+            "wang2017_iobb_0.5": dict(labels.WANG_IOBB05_ACCURACY) if self.comparable else None,
             "gallery": self.gallery,
         }
 
@@ -135,7 +145,15 @@ def localize_run(
             cases.append(case)
             gallery.offer(case, image, heat)
     return LocalizationResult(split=split, task=task, cases=cases, iobb=evaluate_localization(cases, kind="iobb"),
-                              iou=evaluate_localization(cases, kind="iou"), skipped=skipped, gallery=gallery.files)
+                              iou=evaluate_localization(cases, kind="iou"), skipped=skipped, gallery=gallery.files,
+                              data=describe_split(index, cache, split=split))
+
+
+def describe_split(index: Any, cache: Any, *, split: str) -> DataDescription | None:
+    """The data kind of the split's readable images (the images a run can be scored on; ``eval.datakind``)."""
+    rows = index.rows(split)
+    present = rows[cache.rows_for(index.table["image"].to_numpy()[rows]) >= 0]
+    return describe_data(index, present, index.root) if present.size else None
 
 
 class _Gallery:
@@ -167,9 +185,16 @@ class _Gallery:
 def localization_markdown(result: LocalizationResult) -> str:
     """localization.md: the method in one paragraph, the T(IoBB) table next to Wang et al., the T(IoU) table."""
     thresholds = ", ".join(str(t) for t in labels.LOC_HEATMAP_THRESHOLDS)
+    data = result.data
+    banner = [f"> **{data.banner}**", ""] if data is not None and data.banner else []
+    reference = labels.WANG_IOBB05_ACCURACY if result.comparable else None
+    wang = ("Wang 2017 @0.5: the 14-class ResNet-50 of ChestX-ray8 (arXiv:1705.02315). " if result.comparable else
+            "Wang et al.'s accuracies are not listed: they were measured on the complete official NIH test split. ")
     return "\n".join([
         "# Localisation (Grad-CAM)",
         "",
+        *banner,
+        f"Data: {data.label if data is not None else 'no readable images of this split'}.",
         f"Split `{result.split}`, head `{result.task}`: {len(result.cases)} (image, finding) cases with a true box"
         + (f"; {result.skipped} boxed images left out (missing, unreadable, or boxes outside the cached square)."
            if result.skipped else "."),
@@ -178,9 +203,9 @@ def localization_markdown(result: LocalizationResult) -> str:
         "",
         "## Accuracy at T(IoBB)",
         "",
-        accuracy_table(result.iobb).rstrip("\n"),
+        accuracy_table(result.iobb, reference=reference).rstrip("\n"),
         "",
-        "Wang 2017 @0.5: the 14-class ResNet-50 of ChestX-ray8 (arXiv:1705.02315). AFP: false boxes per case.",
+        wang + "AFP: false boxes per case.",
         "",
         "## Accuracy at T(IoU)",
         "",
@@ -211,8 +236,13 @@ def localization_section(result: LocalizationResult, *, gallery_dir: Path | None
 
     markdown = localization_markdown(result).split("\n", 2)[2]  # drop the top-level heading
     intro = markdown.split("\n\n## ")[0]
-    body = [f"<p>{html.escape(line)}</p>" for line in intro.splitlines() if line]
-    for heading, frame, rows_of in (("Accuracy at T(IoBB)", result.iobb, accuracy_rows),
+    banner = result.data.banner if result.data is not None else ""
+    body = [f'<div class="banner {"danger" if result.data.kind == "phantom" else "warn"}">{html.escape(banner)}</div>'
+            if banner else ""]
+    body += [f"<p>{html.escape(line)}</p>" for line in intro.splitlines() if line and not line.startswith("> ")]
+    reference = labels.WANG_IOBB05_ACCURACY if result.comparable else None
+    for heading, frame, rows_of in (("Accuracy at T(IoBB)", result.iobb,
+                                     lambda f: accuracy_rows(f, reference=reference)),
                                     ("Accuracy at T(IoU), cells: accuracy (AFP)", result.iou, iou_rows)):
         body.append(f"<h3>{html.escape(heading)}</h3>")
         body.append(html_table(*rows_of(frame)) if not frame.empty else "<p>no cases</p>")
@@ -224,4 +254,5 @@ def localization_section(result: LocalizationResult, *, gallery_dir: Path | None
                 figures.append(Figure(caption=f"{kind.replace('_', ' ')}: {Path(name).stem}", png=png,
                                       name=f"loc_{kind}_{Path(name).stem}"))
     return Section(title="Localisation (Grad-CAM)", markdown=markdown, html="".join(body), figures=tuple(figures),
-                   note=f"split {result.split}, {len(result.cases)} boxed cases")
+                   note=f"{result.data.label if result.data else 'split ' + result.split}, "
+                        f"{len(result.cases)} boxed cases")

@@ -1,6 +1,12 @@
 """Models: the timm backbone factory and the multitask network (backbone -> dict of task heads)."""
 
-from cxrmtl.models.backbone import PretrainedWeightsWarning, create_backbone, load_backbone_weights, read_state_dict
+from cxrmtl.models.backbone import (
+    PretrainedWeightsWarning,
+    create_backbone,
+    load_backbone_weights,
+    pretrained_source,
+    read_state_dict,
+)
 from cxrmtl.models.net import MultiTaskNet, head_key
 
 __all__ = [
@@ -9,5 +15,6 @@ __all__ = [
     "create_backbone",
     "head_key",
     "load_backbone_weights",
+    "pretrained_source",
     "read_state_dict",
 ]

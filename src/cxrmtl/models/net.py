@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from torch import Tensor, nn
 
 from cxrmtl.errors import ConfigError
 from cxrmtl.models.backbone import create_backbone
-from cxrmtl.tasks.base import Task
+
+
+class HeadSpec(Protocol):
+    """What the network needs from a task (``cxrmtl.tasks.base.Task`` has it): models sit below tasks."""
+
+    name: str
+    output_names: Sequence[str]
+
+    @property
+    def out_dim(self) -> int: ...
+
+    def init_head(self, head: nn.Linear) -> None: ...
 
 
 def head_key(task_name: str) -> str:
@@ -28,9 +40,10 @@ class MultiTaskNet(nn.Module):
         self,
         *,
         backbone: str,
-        tasks: Sequence[Task],
+        tasks: Sequence[HeadSpec],
         pretrained: bool | str | Path = False,
         drop_rate: float = 0.0,
+        allow_random_init: bool = False,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -38,7 +51,7 @@ class MultiTaskNet(nn.Module):
         if not 0.0 <= drop_rate < 1.0:
             raise ConfigError(f"model.drop_rate: must be in [0, 1), got {drop_rate}")
         self.backbone_name = backbone
-        self.backbone = create_backbone(backbone, pretrained=pretrained)
+        self.backbone = create_backbone(backbone, pretrained=pretrained, allow_random_init=allow_random_init)
         self.num_features = int(self.backbone.num_features)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.task_names: tuple[str, ...] = tuple(t.name for t in tasks)

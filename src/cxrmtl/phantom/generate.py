@@ -210,7 +210,8 @@ def _labels(rng: np.random.Generator, n: int, prevalence: str, label_noise: floa
 
     Noise drops each true positive with probability ``label_noise`` and adds false positives so that they make up
     about the same share of the written positives, i.e. both sensitivity and PPV fall by about ``label_noise``
-    (NIH labels were mined from reports; Oakden-Rayner 2020 measured PPV 10-30 % below NIH's claim, FACTS.md).
+    (NIH labels were mined from reports; Oakden-Rayner, Academic Radiology 2020, measured PPV 10-30 % below NIH's
+    claim).
     """
     names, probs = combo_table(prevalence)
     pick = rng.choice(len(names), size=n, p=probs)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.published import PUBLISHED
+from cxrmtl.eval.published import PUBLISHED, PUBLISHED_FINDINGS
 from cxrmtl.fsio import atomic_write_bytes
 
 
@@ -185,28 +185,43 @@ def _findings(metrics: Mapping[str, object]) -> Mapping[str, object]:
     return metrics.get("findings", {}) or {}  # type: ignore[return-value]
 
 
+def _data(metrics: Mapping[str, object]) -> Mapping[str, object]:
+    return metrics.get("data", {}) or {}  # type: ignore[return-value]
+
+
+def comparable(metrics: Mapping[str, object]) -> bool:
+    """True only when the numbers come from the complete official NIH test split (``eval.datakind``)."""
+    data = _data(metrics)
+    if "comparable" in data:
+        return bool(data["comparable"])
+    return data.get("kind") == "nih" and metrics.get("split") == "test"
+
+
 def data_label(metrics: Mapping[str, object]) -> str:
-    """Human label of the data and split, shown next to every number compared with the literature."""
-    data = metrics.get("data", {}) or {}
+    """Human label of the data and split, shown next to every number (``eval.datakind.DataDescription.label``)."""
+    data = _data(metrics)
+    if data.get("label"):
+        return str(data["label"])
     kind = {"nih": "NIH ChestX-ray14", "phantom": "PHANTOM", "subset": "NIH-layout subset"}.get(
         str(data.get("kind")), "unknown data"
     )
     split = str(metrics.get("split", "?"))
-    split_kind = "official test split" if split == "test" and data.get("kind") == "nih" else f"{split} split"
-    return f"{kind}, {split_kind}"
+    return f"{kind}, {'official test split' if comparable(metrics) else f'{split} split'}"
 
 
 def banners(metrics: Mapping[str, object]) -> list[tuple[str, str]]:
     """(css class, text) warnings shown above everything: phantom data, partial data, validation split."""
-    data = metrics.get("data", {}) or {}
+    data = _data(metrics)
     kind = data.get("kind")
     out = []
-    if kind == "phantom":
+    if data.get("banner"):
+        out.append(("danger" if kind == "phantom" else "warn", str(data["banner"])))
+    elif kind == "phantom":
         out.append(("danger", "PHANTOM DATA: not comparable to published numbers"))
-    elif kind != "nih":
+    elif not comparable(metrics):
         n = metrics.get("n_images")
-        out.append(("warn", f"Not the full NIH ChestX-ray14 release ({n} images evaluated): not comparable to "
-                            "published numbers"))
+        out.append(("warn", f"SUBSET: {n} images evaluated, not the complete official NIH test split: not "
+                            "comparable to published numbers"))
     if metrics.get("split") != "test":
         out.append(("warn", f"Evaluated on the {metrics.get('split')} split, not the official test split"))
     return out
@@ -265,20 +280,53 @@ def _findings_section(metrics: Mapping[str, object]) -> Section | None:
                          outro=outro)
 
 
+def mean_label(mean: Mapping[str, object] | None, names: Sequence[str]) -> str:
+    """The mean row's label: says when ours averages fewer findings than the papers' 14."""
+    n_defined = int((mean or {}).get("n_outputs", len(names)) or 0)
+    total = len(PUBLISHED_FINDINGS)
+    if n_defined == total:
+        return f"mean over {total} findings"
+    parts = [f"{len(names) - n_defined} undefined"] if n_defined < len(names) else []
+    parts += [f"{total - len(names)} not predicted"] if len(names) < total else []
+    return f"mean over {n_defined} of {total} findings ({', '.join(parts)})"
+
+
+def _published_rows(auroc: Mapping[str, object], mean: Mapping[str, object] | None, *, ours: bool) -> list[list]:
+    """Per finding, then the papers' reported means; when ours covers fewer findings, also the papers' mean over
+    exactly the findings ours is defined on, so a like-for-like mean sits next to ours."""
+    names = list(auroc)
+    if not ours:
+        rows = [[name, *(p.by_finding()[name] for p in PUBLISHED)] for name in names]
+        return [*rows, [f"mean over {len(PUBLISHED_FINDINGS)} findings", *(p.mean for p in PUBLISHED)]]
+    rows = [[name, _ci(auroc.get(name)), *(p.by_finding()[name] for p in PUBLISHED)] for name in names]
+    rows.append([mean_label(mean, names), _ci(mean), *(p.mean for p in PUBLISHED)])
+    defined = [n for n in names if (auroc.get(n) or {}).get("value") is not None]
+    if 0 < len(defined) < len(PUBLISHED_FINDINGS):
+        same = [sum(p.by_finding()[n] for n in defined) / len(defined) for p in PUBLISHED]
+        rows.append([f"papers' mean over the same {len(defined)} findings", "", *same])
+    return rows
+
+
 def _published_section(metrics: Mapping[str, object]) -> Section | None:
     auroc = _findings(metrics).get("auroc", {})
     if not auroc:
         return None
-    ours = f"ours ({data_label(metrics)})"
-    headers = ["finding", ours] + [f"{p.title} ({p.split} split)" for p in PUBLISHED]
-    rows = [[name, _ci(auroc.get(name))] + [p.by_finding()[name] for p in PUBLISHED] for name in auroc]
     mean = _findings(metrics).get("auroc_mean")
-    rows.append(["mean", _ci(mean)] + [p.mean for p in PUBLISHED])
-    intro = ("Published per-finding AUROC (FACTS.md). Numbers on the official split and on a random patient split are "
-             "not comparable with each other; ours are comparable only on the real NIH official test split.")
-    outro = "; ".join(p.source for p in PUBLISHED)
-    return table_section("Comparison with published results", headers, rows, intro=intro, outro=outro,
-                         note=data_label(metrics))
+    papers = [f"{p.title} ({p.split} split)" for p in PUBLISHED]
+    outro = "Sources: " + "; ".join(p.source for p in PUBLISHED) + " (docs/published.md)."
+    if not comparable(metrics):
+        # Never side by side with ours: these numbers are not comparable (phantom, a subset, or another split).
+        intro = (f"For reference only. Our numbers are not listed here: they come from {data_label(metrics)}, and "
+                 "only the complete official NIH test split is comparable with these papers. Numbers on the official "
+                 "split and on a random patient split are not comparable with each other either.")
+        return table_section("Published results (reference only)", ["finding", *papers],
+                             _published_rows(auroc, mean, ours=False), intro=intro, outro=outro,
+                             note="not comparable with this evaluation")
+    intro = ("Published per-finding AUROC. Numbers on the official split and on a random patient split are not "
+             "comparable with each other; ours are on the official test split.")
+    headers = ["finding", f"ours ({data_label(metrics)})", *papers]
+    return table_section("Comparison with published results", headers, _published_rows(auroc, mean, ours=True),
+                         intro=intro, outro=outro, note=data_label(metrics))
 
 
 def _operating_section(metrics: Mapping[str, object]) -> Section | None:

@@ -1,8 +1,9 @@
 """Checkpoints (atomic save, checked load) and ``load_run``: a finished run folder -> model ready for inference.
 
 A checkpoint is a plain dict saved with ``torch.save`` and read with ``weights_only=True`` (no arbitrary pickle):
-model, optimizer, scheduler, scaler, EMA and weighting states, RNG states (python, numpy, torch, CUDA), the loop
-position (epoch, batch within the epoch, global step), the resolved config, the label map and the code version.
+model, optimizer, scheduler, scaler, EMA and weighting states, the loop position (epoch, batch within the epoch,
+global step), the resolved config, the label map and the code version. No RNG state: every random draw of a step
+comes from generators seeded by (seed, step, rank) (train/process.py), so a resume needs none and changes none.
 Saving writes a temporary file in the same folder, fsyncs it and renames it over the old one, so a crash at any
 moment leaves either the old or the new checkpoint, never half of one. Loading refuses a corrupt, truncated or
 mismatched checkpoint with a CheckpointError: a resume never silently starts fresh.
@@ -10,19 +11,19 @@ mismatched checkpoint with a CheckpointError: a resume never silently starts fre
 
 from __future__ import annotations
 
+import errno
+import json
 import os
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from cxrmtl.config import Config, config_from_yaml_text, to_dict
+from cxrmtl.config import Config, config_from_yaml_text, read_config_text, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
-from cxrmtl.fsio import fsync_dir
+from cxrmtl.fsio import format_bytes, free_space_note, fsync_dir
 from cxrmtl.runs import layout as rundir
 from cxrmtl.runs.operating import Thresholds, load_thresholds
 
@@ -31,24 +32,94 @@ REQUIRED_KEYS: tuple[str, ...] = ("format", "model", "config", "labels", "epoch"
 # Config fields a resumed run may change: they do not alter the computation of the steps already taken.
 RESUME_MUTABLE: frozenset[str] = frozenset(
     {"train.epochs", "train.max_steps", "train.progress", "train.cpu_threads", "train.early_stop_patience",
-     "data.num_workers", "data.cache_workers"}
+     "train.checkpoint_every", "train.checkpoint_minutes", "data.num_workers", "data.cache_workers",
+     "model.allow_random_init"}
 )
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file + fsync + os.replace + directory fsync)."""
+    """Write ``state`` to ``path`` atomically (temporary file + fsync + os.replace + directory fsync).
+
+    A failed write (full disk, I/O error) removes its temporary file, leaves the previous checkpoint as it was and
+    raises CheckpointError saying what was needed and what was free.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # RunDir.remove_temp_files clears one a kill left
     try:
         with open(tmp, "wb") as fh:
-            torch.save(dict(state, format=FORMAT_VERSION), fh)
+            _write_state(fh, dict(state, format=FORMAT_VERSION))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise CheckpointError(_write_failure(path, state, exc)) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def _write_state(fh: Any, state: dict[str, Any]) -> None:
+    """``torch.save`` into ``fh``, re-raising the OSError of a failed write (a full disk) as itself: torch's zip
+    writer finalises the archive in ``__exit__`` even after a write failed, and its "unexpected pos" RuntimeError
+    then replaces the OSError that says what happened."""
+    sink = _WriteErrors(fh)
+    try:
+        torch.save(state, sink)
+    except RuntimeError:
+        if sink.error is not None:
+            raise sink.error from None
+        raise
+
+
+class _WriteErrors:
+    """A file-like wrapper that remembers the first OSError its ``write`` raised."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: what its file needs, give or take the pickle framing."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, Mapping):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def _write_failure(path: Path, state: Mapping[str, Any], exc: OSError) -> str:
+    kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{path}: no space left on device while saving the checkpoint (needs about "
+                f"{format_bytes(state_nbytes(state))}){free_space_note(path)}; {kept}; free some space and resume "
+                "with --resume")
+    return f"{path}: cannot write the checkpoint ({exc.strerror or exc}); {kept}"
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's reason in one short line: its texts run to 6-8 lines and advise ``weights_only=False``,
+    which is wrong for a damaged file and unsafe for a foreign one, so keep only the specific part."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -59,7 +130,7 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_load_failure(exc)})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a cxrmtl checkpoint (top level is {type(state).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -94,36 +165,6 @@ def check_compatible(state: Mapping[str, Any], cfg: Config, labels: Mapping[str,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# RNG states, stored as tensors and plain values so weights_only loading accepts them
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) generator states."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what ``rng_state`` returned."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    keys = np_state["keys"].numpy().astype(np.uint32)
-    np.random.set_state((np_state["kind"], keys, np_state["pos"], np_state["has_gauss"], np_state["cached"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # load_run: what evaluation, ablation and the clinical surface call
 
 
@@ -136,7 +177,6 @@ class LoadedRun:
     tasks: list[Any]
     model: torch.nn.Module
     labels: dict[str, list[str]]
-    thresholds: Thresholds | None  # RUN/thresholds.json through runs.operating.load_thresholds
     checkpoint: Path
     epoch: int
     step: int
@@ -150,7 +190,7 @@ def read_run_config(run: Path) -> Config:
     if not path.is_file():
         raise RunError(f"{path}: missing; {run} is not a cxrmtl run folder")
     try:
-        return config_from_yaml_text(path.read_text(encoding="utf-8"), where=str(path))
+        return config_from_yaml_text(read_config_text(path), where=str(path))
     except ConfigError as exc:
         raise RunError(str(exc)) from exc
 
@@ -160,7 +200,7 @@ WHICH_CHECKPOINTS: dict[str, str] = {"best": rundir.BEST_CHECKPOINT, "last": run
 
 def load_run(run: str | Path, *, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the model of ``run`` from its config and load ``which`` checkpoint (EMA weights when saved)."""
-    from cxrmtl.train.build import build_model, build_tasks_for
+    from cxrmtl.runs.build import build_model, build_tasks_for
 
     run = Path(run)
     if which not in WHICH_CHECKPOINTS:
@@ -178,6 +218,6 @@ def load_run(run: str | Path, *, which: str = "best", device: str | torch.device
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model of {run / rundir.CONFIG_FILE} ({exc})") from exc
     model.to(device).eval()
-    return LoadedRun(run=run, config=cfg, tasks=tasks, model=model, labels=labels, thresholds=load_thresholds(run),
+    return LoadedRun(run=run, config=cfg, tasks=tasks, model=model, labels=labels,
                      checkpoint=path, epoch=int(state["epoch"]), step=int(state["step"]),
                      metrics=dict(state.get("metrics") or {}), device=torch.device(device))

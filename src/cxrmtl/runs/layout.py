@@ -8,7 +8,9 @@ Layout (docs/architecture.md, docs/training.md)::
     RUN/log.jsonl        one JSON object per logged event (step records, epoch summaries)
     RUN/tb/              TensorBoard scalars
     RUN/checkpoints/     last.pt (resume), best.pt (selected model)
-    RUN/thresholds.json  written later by evaluation (operating points); load_run exposes it when present
+    RUN/data.json        the data it was trained on: data root, cache folder, index fingerprint, kind, counts
+    RUN/thresholds.json  written later by evaluation (operating points); read only by eval.thresholds.load_thresholds
+    RUN/.run.lock        advisory lock held by the training process (who holds it: pid, host, since)
 
 A folder that already holds a run is never overwritten silently: a fresh start there is refused, ``--resume``
 continues it after checking that the saved config matches.
@@ -18,15 +20,19 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cxrmtl.config import Config, dump_config
 from cxrmtl.errors import RunError
-from cxrmtl.fsio import atomic_write_text
+from cxrmtl.fsio import atomic_write_text, format_bytes
 from cxrmtl.version import code_version
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 LABELS_FILE = "labels.json"
@@ -37,6 +43,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 THRESHOLDS_FILE = "thresholds.json"
+DATA_FILE = "data.json"
+LOCK_FILE = ".run.lock"
 
 
 def label_map(tasks: Sequence[Any]) -> dict[str, list[str]]:
@@ -71,12 +79,33 @@ class RunDir:
         """True when the folder already holds a run (config or checkpoints)."""
         return (self.path / CONFIG_FILE).is_file() or self.last.is_file()
 
-    def create(self, cfg: Config, tasks: Sequence[Any], *, world_size: int) -> None:
-        """Start a fresh run here; refuses a folder that already holds one (use resume instead)."""
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def prepare(self) -> None:
+        """Create the run folder (for its lock) or say in one line why it cannot be: a file there, no permission."""
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path}: exists and is not a directory")
-        if self.has_run():
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"{self.path}: cannot create the run folder ({exc.strerror or exc})") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise RunError(f"{self.path}: not writable")
+
+    def create(self, cfg: Config, tasks: Sequence[Any], *, world_size: int, restart: bool = False) -> None:
+        """Start a fresh run here; refuses a folder that already holds one (use resume instead).
+
+        ``restart``: the folder holds a run that was stopped before its first checkpoint; its files are rewritten
+        and its log emptied, since none of its steps survived.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path}: exists and is not a directory")
+        if self.has_run() and not (restart and not self.last.is_file()):
             raise RunError(f"{self.path}: already holds a run; pass --resume to continue it or choose another --out")
+        if restart:
+            self.trim_log(max_step=0)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / CONFIG_FILE, dump_config(cfg))
         atomic_write_text(self.path / LABELS_FILE, json.dumps(label_map(tasks), indent=2) + "\n")
@@ -105,6 +134,39 @@ class RunDir:
             if int(record.get("step", 0)) <= max_step:
                 kept.append(line)
         atomic_write_text(self.log_path, "".join(f"{line}\n" for line in kept))
+
+    def end_record(self, *, step: int) -> dict[str, Any] | None:
+        """The ``end`` record of log.jsonl written at ``step`` (a run that finished there), or None."""
+        if not self.log_path.is_file():
+            return None
+        found = None
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("event") == "end" and int(record.get("step", -1)) == step:
+                found = record
+        return found
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete temporary files of writes killed mid-way (``.NAME.tmp*`` in RUN and RUN/checkpoints); log each.
+
+        Safe only while holding the run lock: then no other process can be writing one.
+        """
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob(".*.tmp*")):
+                if not path.is_file():
+                    continue
+                size = path.stat().st_size
+                path.unlink(missing_ok=True)
+                log.info("%s: removed %s left by a write that was killed mid-way (%s)", self.path, path.name,
+                         format_bytes(size))
+                removed.append(path)
+        return removed
 
     def scalars(self, values: Mapping[str, float], *, step: int) -> None:
         """Write scalars to TensorBoard (RUN/tb)."""

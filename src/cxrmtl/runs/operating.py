@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ class Thresholds:
     target_sensitivity: float = L.EVAL_TARGET_SENSITIVITY
     meta: dict[str, str] = field(default_factory=dict)
     temperatures: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    data: dict[str, object] = field(default_factory=dict)  # what they were fitted on: root, fingerprint, split, kind
 
     def get(self, task: str, output: str, method: str | None = None) -> float | None:
         """Threshold of one output (e.g. ``get("findings", "Effusion")``); None when unknown or undefined."""
@@ -62,6 +64,7 @@ class Thresholds:
             "default": self.default,
             "target_sensitivity": self.target_sensitivity,
             **self.meta,
+            **({"data": dict(self.data)} if self.data else {}),
             "methods": self.methods,
         }
         if self.temperatures:
@@ -69,9 +72,15 @@ class Thresholds:
         return doc
 
 
-def save_thresholds(run: Path, thresholds: Thresholds, *, code_version: str) -> Path:
-    """Write RUN/thresholds.json atomically (temp file + fsync + rename), so a crash never leaves half a file."""
+def save_thresholds(run: Path, thresholds: Thresholds, *, code_version: str,
+                    data: Mapping[str, object] | None = None) -> Path:
+    """Write RUN/thresholds.json atomically (temp file + fsync + rename), so a crash never leaves half a file.
+
+    ``data`` records what they were fitted on (data root, index fingerprint, split, kind; cxrmtl.runs.data).
+    """
     doc = thresholds.to_json()
+    if data is not None:
+        doc["data"] = dict(data)
     doc["code_version"] = code_version
     doc["created"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return write_json_atomic(Path(run) / THRESHOLDS_FILE, doc)
@@ -118,7 +127,11 @@ def load_thresholds(run: Path) -> Thresholds | None:
         raise RunError(f"{path}: default method {default!r} is not among methods {sorted(methods)}")
     temperatures = _parse_nested(path, "temperatures", doc.get("temperatures", {}), positive=True)
     meta = {k: str(doc[k]) for k in ("code_version", "created") if k in doc}
+    data = doc.get("data", {})
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: 'data' must be an object (root, fingerprint, split, kind)")
     return Thresholds(
+        data=data,
         methods=methods,
         default=default,
         split=str(doc.get("split", "val")),

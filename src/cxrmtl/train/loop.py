@@ -5,35 +5,46 @@ runs epochs of ``train_step`` followed by validation on the patient-disjoint val
 touched here). Checkpoints hold the complete loop state, and every source of randomness in a step is derived from
 (seed, global step, rank), so ``resume`` after a kill at any point gives the same weights as an uninterrupted run
 on CPU (tests/train/test_checkpoint_resume.py).
+
+``train`` holds a lock on the run folder (a second writer is refused at once, naming the holder), records the data in
+RUN/data.json (a resume on other data is refused by its fingerprint), and runs inside ``training_process_state``: the
+caller's determinism flags, thread count and random states are given back when it returns. Progress goes through
+``logging`` (logger ``cxrmtl.train.loop``): one line per epoch with the task losses, the selection metric, images/s
+and the time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
+import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from cxrmtl import distributed as dist_utils
 from cxrmtl.config import Config, to_dict
 from cxrmtl.errors import CheckpointError, ConfigError, RunError
+from cxrmtl.fsio import exclusive_lock
 from cxrmtl.runs import checkpoint as ckpt
+from cxrmtl.runs.build import build_model, build_tasks_for, train_pos_weight
+from cxrmtl.runs.data import RunData, open_run_data
 from cxrmtl.runs.layout import RunDir, label_map
 from cxrmtl.train.augment import BatchAugment, step_generator
-from cxrmtl.train.build import build_model, build_tasks_for, train_pos_weight
 from cxrmtl.train.ema import ModelEMA
 from cxrmtl.train.optim import build_optimizer, build_scheduler
+from cxrmtl.train.process import seeded_rng, training_process_state
 from cxrmtl.version import code_version
+
+log = logging.getLogger(__name__)
+DIST_TIME_CHECK_STEPS = 10
+RESUME_HINT = "a run resumes only on the data it was trained on; train on this data with a new --out"
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -68,17 +79,7 @@ class TrainSummary:
     best_epoch: int
     final_metrics: dict[str, float]
     images_per_second: float
-
-
-def default_cache_dir(*, data_root: Path, out: Path, size: int) -> Path:
-    """Where the preprocessing cache goes without ``--cache``: next to the run folder, keyed by data root and size.
-
-    RUN-adjacent (not ROOT-adjacent) because the data folder may be read-only; runs in the same parent folder on the
-    same data and size share it.
-    """
-    root = Path(data_root).resolve()
-    digest = hashlib.sha1(str(root).encode()).hexdigest()[:8]
-    return Path(out).resolve().parent / ".cxrmtl-cache" / f"{root.name}-{digest}-s{size}"
+    already_finished: bool = False  # a --resume of a run that had ended: nothing was trained
 
 
 def _mix_seed(seed: int, step: int, rank: int) -> int:
@@ -86,11 +87,13 @@ def _mix_seed(seed: int, step: int, rank: int) -> int:
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto -> bf16 on CUDA (no loss scaling needed), off on CPU (bf16 there only pays on AMX/AVX512-BF16 CPUs)."""
+    """auto -> bf16 on CUDA (no loss scaling needed), off on CPU (bf16 there only pays on AMX/AVX512-BF16 CPUs).
+
+    fp16 (with loss scaling) runs on CPU too (torch >= 2.x autocast and GradScaler support it), slowly on CPUs
+    without native fp16 arithmetic; it is allowed so that the fp16 path can be checked without a GPU.
+    """
     if mode == "auto":
         mode = "bf16" if device.type == "cuda" else "off"
-    if mode == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp: fp16 needs a CUDA device; use bf16 or off on CPU")
     return AMP_DTYPES[mode]
 
 
@@ -98,34 +101,48 @@ class Trainer:
     """Holds the wired components of one run; ``fit()`` trains and returns a TrainSummary."""
 
     def __init__(
-        self, cfg: Config, *, data_root: Path, out: Path, cache_dir: Path | None = None, resume: bool = False,
+        self, cfg: Config, *, data_root: Path | None, out: Path, cache_dir: Path | None = None, resume: bool = False,
         ctx: dist_utils.DistContext | None = None,
     ) -> None:
+        """Wire a run. Process-wide settings are left alone: ``train`` wraps this in ``training_process_state``."""
         self.cfg = cfg
         self.ctx = ctx or dist_utils.DistContext()
         self.run = RunDir(out)
         self.resume = resume
-        self.data_root = Path(data_root)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(
-            data_root=self.data_root, out=self.run.path, size=cfg.data.image_size)
+        self.data_root = Path(data_root) if data_root is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.state = LoopState()
+        self._fit_started = time.perf_counter()
+        self._last_save = time.monotonic()
+        self._epoch_seconds = 0.0
+        self._images_per_s = 0.0
         self._check_out()
+        if self.ctx.is_main:
+            self.run.remove_temp_files()
         self._check_batch()
-        self._setup_determinism()
         self._setup_data()
-        self._setup_model()
+        with seeded_rng(cfg.seed):  # weight init depends on the seed only, not on the caller's random state
+            self._setup_model()
         self._setup_optim()
         self._start_run()
 
     # -- setup -----------------------------------------------------------------------------------------------
 
     def _check_out(self) -> None:
-        """Refuse early (before an hour of cache building) what _start_run would refuse later."""
+        """Refuse early (before an hour of cache building) what _start_run would refuse later.
+
+        ``--resume`` of a run with no checkpoint (killed before its first one) starts it again from step 0.
+        """
         if not self.resume and self.run.has_run():
             raise RunError(f"{self.run.path}: already holds a run; pass --resume to continue it or choose another "
                            "--out")
-        if self.resume and not self.run.last.is_file():
-            raise CheckpointError(f"{self.run.last}: nothing to resume (no checkpoint in {self.run.path})")
+        if self.data_root is None and not (self.resume and self.run.has_run()):
+            raise ConfigError("--data: needed to start a run (a --resume reads it from RUN/data.json)")
+        self.restart = self.resume and not self.run.last.is_file()
+        if self.restart and self.ctx.is_main:
+            why = ("has no checkpoint yet (it stopped before its first one)" if self.run.has_run()
+                   else "holds no run yet")
+            log.info("%s: %s; starting from step 0", self.run.path, why)
 
     def _check_batch(self) -> None:
         if self.cfg.train.batch_size % self.ctx.world_size:
@@ -133,34 +150,20 @@ class Trainer:
                               f"world size {self.ctx.world_size}")
         self.per_rank_batch = self.cfg.train.batch_size // self.ctx.world_size
 
-    def _setup_determinism(self) -> None:
-        t = self.cfg.train
-        if t.cpu_threads > 0:
-            torch.set_num_threads(t.cpu_threads)
-        torch.manual_seed(self.cfg.seed)
-        np.random.seed(self.cfg.seed % 2**32)
-        if t.deterministic:
-            # cuBLAS needs a fixed workspace to be deterministic (PyTorch "Reproducibility" notes).
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        else:
-            torch.backends.cudnn.benchmark = True
-
     def _setup_data(self) -> None:
-        from cxrmtl.data.cache import build_cache, open_cache
         from cxrmtl.data.loader import make_loader
-        from cxrmtl.data.nih import load_index
 
-        d = self.cfg.data
-        self.index = load_index(self.data_root, val_fraction=d.val_fraction, split_seed=d.split_seed)
-        if self.ctx.is_main:
-            build_cache(self.index, self.cache_dir, size=d.image_size, workers=d.cache_workers or None,
-                        progress=self.cfg.train.progress)
-        dist_utils.barrier(self.ctx)
-        self.cache = open_cache(self.cache_dir)
+        self.data: RunData = open_run_data(
+            self.run.path, data=self.cfg.data, data_root=self.data_root, cache_dir=self.cache_dir,
+            progress=self.cfg.train.progress, ctx=self.ctx, mismatch_hint=RESUME_HINT)
+        self.index, self.cache = self.data.index, self.data.cache
+        self.skipped = {split: self.data.unreadable(split) for split in ("train", "val")}
+        if self.ctx.is_main and sum(self.skipped.values()):
+            log.warning("%s: skipping %d unreadable images (train %d, val %d): their cache rows are marked bad in "
+                        "%s/manifest.json", self.data.record.data_root, sum(self.skipped.values()),
+                        self.skipped["train"], self.skipped["val"], self.data.record.cache_dir)
         common = {"cache": self.cache, "index": self.index, "rank": self.ctx.rank, "world_size": self.ctx.world_size,
-                  "num_workers": d.num_workers}
+                  "num_workers": self.cfg.data.num_workers}
         self.train_loader = make_loader(split="train", batch_size=self.per_rank_batch, shuffle=True,
                                         seed=self.cfg.seed, drop_last=True, **common)
         self.val_loader = make_loader(split="val", batch_size=self.cfg.train.eval_batch_size, shuffle=False,
@@ -172,7 +175,8 @@ class Trainer:
         cfg, dev = self.cfg, self.ctx.device
         self.tasks = build_tasks_for(cfg, pos_weight=train_pos_weight(cfg, self.index))
         self.labels = label_map(self.tasks)
-        model = build_model(cfg, self.tasks)
+        resuming = self.resume and not self.restart  # a resume takes its weights from the checkpoint
+        model = build_model(cfg, self.tasks, pretrained=False if resuming else None)
         if cfg.model.sync_bn and self.ctx.distributed:
             if dev.type != "cuda":
                 raise ConfigError("model.sync_bn: torch's SyncBatchNorm runs on CUDA only; turn it off on CPU")
@@ -188,6 +192,9 @@ class Trainer:
         if w.weights:
             kwargs["weights"] = dict(w.weights)
         self.weighting = build_weighting(w.method, task_names=[t.name for t in self.tasks], **kwargs).to(dev)
+        self._features: list[torch.Tensor] = []  # the shared representation of this step, for weighting.features
+        if self.weighting.needs_features and not cfg.model.compile:  # compiled: the output is not in the graph
+            model.backbone.register_forward_hook(self._keep_features)
         self.ddp = None
         if self.ctx.distributed:
             ids = [dev.index] if dev.type == "cuda" else None
@@ -209,18 +216,30 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _start_run(self) -> None:
-        if not self.resume:
+        if not self.resume or self.restart:
             if self.ctx.is_main:
-                self.run.create(self.cfg, self.tasks, world_size=self.ctx.world_size)
+                self.run.create(self.cfg, self.tasks, world_size=self.ctx.world_size, restart=self.restart)
+                self._record_data()
             dist_utils.barrier(self.ctx)
             return
-        if not self.run.last.is_file():
-            raise CheckpointError(f"{self.run.last}: nothing to resume (no checkpoint in {self.run.path})")
         self._load_state(ckpt.load_checkpoint(self.run.last, map_location=self.ctx.device))
         dist_utils.barrier(self.ctx)
         if self.ctx.is_main:
             self.run.trim_log(max_step=self.state.step)
             self.run.update_config(self.cfg)  # a resume may change epochs / max_steps (RESUME_MUTABLE)
+            self._record_data()
+
+    def _record_data(self) -> None:
+        """Write RUN/data.json unless it already says the same (the fingerprint was checked in _setup_data)."""
+        from cxrmtl.runs.data import write_data_record
+
+        recorded = self.data.run_record
+        if recorded is not None and recorded.same_data(self.data.record):
+            return
+        if recorded is None and self.resume and not self.restart:
+            log.info("%s: records no data yet (trained before runs recorded their data); recording %s now",
+                     self.run.path, self.data.record.data_root)
+        write_data_record(self.run.path, self.data.record)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
 
@@ -244,7 +263,6 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "weighting": self.weighting.state_dict(),
                 "loop": dataclasses.asdict(self.state),
-                "rng": ckpt.rng_state(),
             })
         return state
 
@@ -254,7 +272,22 @@ class Trainer:
             ckpt.save_checkpoint(self.run.last, self._state_dict(full=True))
             if best:
                 ckpt.save_checkpoint(self.run.best, self._state_dict(full=False))
+        self._last_save = time.monotonic()
         dist_utils.barrier(self.ctx)
+
+    def _save_due(self) -> bool:
+        """True when ``train.checkpoint_minutes`` have passed since the last save (rank 0's clock decides)."""
+        minutes = self.cfg.train.checkpoint_minutes
+        if not minutes:
+            return False
+        due = time.monotonic() - self._last_save >= minutes * 60
+        if self.ctx.distributed:
+            # Every rank must join save()'s barrier, so rank 0's clock decides; asking costs a collective, so only
+            # every DIST_TIME_CHECK_STEPS steps (a checkpoint lands at most that many steps late).
+            if self.state.step % DIST_TIME_CHECK_STEPS:
+                return False
+            due = bool(dist_utils.broadcast_object(due, self.ctx))
+        return due
 
     def _load_state(self, state: dict[str, Any]) -> None:
         path = self.run.last
@@ -273,7 +306,6 @@ class Trainer:
             self.weighting.load_state_dict(state["weighting"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: state does not fit this run ({type(exc).__name__}: {exc})") from exc
-        ckpt.set_rng_state(state["rng"])
         self.state = loop
 
     # -- one step --------------------------------------------------------------------------------------------
@@ -285,16 +317,28 @@ class Trainer:
 
     def _losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         dev, st = self.ctx.device, self.state
-        torch.manual_seed(_mix_seed(self.cfg.seed, st.step, self.ctx.rank))  # dropout etc.: depends on step only
         gen = step_generator(seed=self.cfg.seed, step=st.step, rank=self.ctx.rank)
         x = self.augment(batch["image"].to(dev, non_blocking=True), generator=gen)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         targets = {k: v.to(dev, non_blocking=True) for k, v in batch["targets"].items()}
         masks = {k: v.to(dev, non_blocking=True) for k, v in batch["masks"].items()}
-        with self._autocast():
+        # Dropout / drop-path draw from torch's default generator: a fork seeded by (seed, step, rank) only.
+        with seeded_rng(_mix_seed(self.cfg.seed, st.step, self.ctx.rank), dev), self._autocast():
             outputs = self.forward_model(x)
         return {t.name: t.loss(outputs[t.name].float(), *t.select(targets, masks)) for t in self.tasks}
+
+    def _keep_features(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        """Forward hook on the backbone: keep the training forward's output (the representation heads read)."""
+        if output.requires_grad:
+            self._features[:] = [output]
+
+    def _grad_scale(self) -> float:
+        """The loss scale this step. ``scaler.scale`` (not ``get_scale``) also creates the per-step state that
+        ``unscale_``/``step``/``update`` need; the weighting multiplies its losses by the same value."""
+        if not self.scaler.is_enabled():
+            return 1.0
+        return float(self.scaler.scale(torch.ones((), device=self.ctx.device)))
 
     def _norm_step(self) -> bool:
         """Whether this step also measures per-task gradient norms (costs one extra backward per task)."""
@@ -309,11 +353,12 @@ class Trainer:
         per_task = self.ddp is not None and self.weighting.needs_per_task_grads
         with self.ddp.no_sync() if per_task else contextlib.nullcontext():
             losses = self._losses(batch)
-            scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+            features = self._features.pop() if self._features else None
             # The weighting multiplies by grad_scale itself and averages, via `reduce`, what DDP's hooks do not
             # (per-task shared gradients, heads under no_sync, its own parameters).
             logs = self.weighting.backward(losses, shared_params=self.shared_params, all_params=self.all_params,
-                                           grad_scale=scale, reduce=self.reduce, with_grad_norms=self._norm_step())
+                                           grad_scale=self._grad_scale(), reduce=self.reduce,
+                                           with_grad_norms=self._norm_step(), features=features)
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.all_params, clip)) if clip > 0 else float("nan")
@@ -336,17 +381,23 @@ class Trainer:
         limit = self._max_steps()
         return bool(limit) and self.state.step >= limit
 
-    def _batches(self) -> Iterator[dict[str, Any]]:
+    @contextlib.contextmanager
+    def _batches(self) -> Iterator[Iterator[dict[str, Any]]]:
+        """This epoch's batches (from the resume point), behind a progress bar that is gone when the block ends."""
         loader = self.train_loader
         loader.set_epoch(self.state.epoch)
         loader.set_start_batch(self.state.batch_in_epoch)
-        batches: Any = iter(loader)
-        if self.ctx.is_main and self.cfg.train.progress:
-            from tqdm import tqdm
+        if not (self.ctx.is_main and self.cfg.train.progress):
+            yield iter(loader)
+            return
+        from tqdm import tqdm
 
-            batches = tqdm(batches, total=len(loader), initial=self.state.batch_in_epoch,
-                           desc=f"epoch {self.state.epoch + 1}/{self.cfg.train.epochs}", leave=False)
-        return batches
+        bar = tqdm(iter(loader), total=len(loader), initial=self.state.batch_in_epoch,
+                   desc=f"epoch {self.state.epoch + 1}/{self.cfg.train.epochs}", leave=False)
+        try:
+            yield bar
+        finally:
+            bar.close()  # before the epoch line is logged, so the line is not drawn over
 
     def _accumulate(self, values: dict[str, float]) -> None:
         st = self.state
@@ -363,19 +414,22 @@ class Trainer:
         every = self.cfg.train.checkpoint_every
         started = time.perf_counter()
         count = 0
-        for batch in self._batches():
-            if self._reached_max():
-                break
-            values = self.train_step(batch)
-            self.state.step += 1
-            self.state.batch_in_epoch += 1
-            count += int(batch["image"].shape[0])
-            self._accumulate(values)
-            self._log_step(values)
-            at_end = self.state.batch_in_epoch == len(self.train_loader)
-            if every and self.state.step % every == 0 and not at_end:
-                self.save()
-        self._images_per_s = count * self.ctx.world_size / max(time.perf_counter() - started, 1e-9)
+        with self._batches() as batches:
+            for batch in batches:
+                if self._reached_max():
+                    break
+                values = self.train_step(batch)
+                self.state.step += 1
+                self.state.batch_in_epoch += 1
+                count += int(batch["image"].shape[0])
+                self._accumulate(values)
+                self._log_step(values)
+                at_end = self.state.batch_in_epoch == len(self.train_loader)
+                by_steps = bool(every) and self.state.step % every == 0
+                if (by_steps or self._save_due()) and not at_end:
+                    self.save()
+        self._epoch_seconds = time.perf_counter() - started
+        self._images_per_s = count * self.ctx.world_size / max(self._epoch_seconds, 1e-9)
         return self.state.batch_in_epoch == len(self.train_loader)
 
     def _log_step(self, values: dict[str, float]) -> None:
@@ -449,6 +503,7 @@ class Trainer:
         metrics = self.validate()
         record = {"epoch": st.epoch, "step": st.step, "complete_epoch": complete,
                   "lr": self.scheduler.get_last_lr()[0], "images_per_s": self._images_per_s,
+                  "epoch_seconds": self._epoch_seconds, "skipped_unreadable": dict(self.skipped),
                   **{f"train/{k}": v for k, v in means.items()}, **metrics}
         improved = self._improved(metrics)
         if improved:
@@ -462,41 +517,73 @@ class Trainer:
         if self.ctx.is_main:
             self.run.log({"event": "epoch", **record})
             self.run.scalars({k: v for k, v in record.items() if "/" in k or k == "lr"}, step=st.step)
+            log.info("%s", self.epoch_line(record))
         self.save(best=improved)
         return record
 
+    def epoch_line(self, record: dict[str, Any]) -> str:
+        """One line a user reads after the progress bar is gone: losses per task, the selection metric, speed, time."""
+        epoch = int(record["epoch"]) + 1
+        head = f"epoch {epoch}/{self.cfg.train.epochs}" + ("" if record["complete_epoch"] else " (partial)")
+        losses = ", ".join(f"{k.removeprefix('train/loss/')} {v:.4f}" for k, v in record.items()
+                           if k.startswith("train/loss/"))
+        key = self.select_metric()[0]
+        value = record.get(key)
+        shown = "undefined" if value is None or math.isnan(value) else f"{value:.4f}"
+        elapsed = time.perf_counter() - self._fit_started
+        return (f"{head} step {record['step']}: loss {losses} | {key} {shown} | {record['images_per_s']:.1f} img/s | "
+                f"{record['epoch_seconds']:.1f} s (total {_clock(elapsed)})")
+
     # -- the whole run ---------------------------------------------------------------------------------------
+
+    def stop_reason(self) -> str | None:
+        """Why the run should not train another epoch now (early_stopping, epochs, max_steps), or None."""
+        st, t = self.state, self.cfg.train
+        if t.early_stop_patience and st.bad_epochs >= t.early_stop_patience:
+            return "early_stopping"
+        if st.epoch >= t.epochs:
+            return "epochs"
+        if self._reached_max():
+            return "max_steps"
+        return None
+
+    def _already_finished(self, reason: str | None) -> bool:
+        """A resumed run that has nothing left to do and whose end was logged (rank 0 reads the log)."""
+        finished = (reason is not None and self.resume and not self.restart and self.ctx.is_main
+                    and self.run.end_record(step=self.state.step) is not None)
+        return bool(dist_utils.broadcast_object(finished, self.ctx))
 
     def fit(self) -> TrainSummary:
         """Train to the end (epochs, max_steps or early stopping) and return the summary."""
         self._images_per_s = 0.0
-        reason = "epochs"
+        self._fit_started = time.perf_counter()
+        self._last_save = time.monotonic()
+        reason = self.stop_reason()
+        if self._already_finished(reason):
+            if self.ctx.is_main:
+                log.info("%s: already finished at step %d (epoch %d); nothing to do", self.run.path,
+                         self.state.step, self.state.epoch)
+            return self._summary(reason or "epochs", already_finished=True)
         try:
-            while self.state.epoch < self.cfg.train.epochs:
-                if self._reached_max():
-                    reason = "max_steps"
-                    break
+            while reason is None:
                 complete = self.train_epoch()
                 self.end_epoch(complete=complete)
-                if not complete:
-                    reason = "max_steps"
-                    break
-                patience = self.cfg.train.early_stop_patience
-                if patience and self.state.bad_epochs >= patience:
-                    reason = "early_stopping"
-                    break
+                reason = self.stop_reason() if complete else "max_steps"
         finally:
             if self.ctx.is_main:
                 self.run.close()
         return self._summary(reason)
 
-    def _summary(self, reason: str) -> TrainSummary:
+    def _summary(self, reason: str, *, already_finished: bool = False) -> TrainSummary:
         st = self.state
         final = {k: v for k, v in (st.history[-1] if st.history else {}).items() if k.startswith("val/")}
         key = self.select_metric()[0]
         summary = TrainSummary(run=self.run.path, steps=st.step, epochs=st.epoch, stop_reason=reason,
                                select_metric=key, best_value=st.best_value, best_epoch=st.best_epoch,
-                               final_metrics=final, images_per_second=self._images_per_s)
+                               final_metrics=final, images_per_second=self._images_per_s,
+                               already_finished=already_finished)
+        if already_finished:
+            return summary
         divergence = dist_utils.max_param_divergence(self.model, self.ctx)
         if self.ctx.is_main:
             self.run.log({"event": "end", "step": st.step, "stop_reason": reason, "best_epoch": st.best_epoch,
@@ -506,15 +593,54 @@ class Trainer:
 
 
 def train(
-    cfg: Config, *, data_root: Path, out: Path, cache_dir: Path | None = None, resume: bool = False,
+    cfg: Config, *, data_root: Path | None = None, out: Path, cache_dir: Path | None = None, resume: bool = False,
     device: str = "auto",
 ) -> TrainSummary:
-    """Train ``cfg`` on the NIH-layout folder ``data_root`` into run folder ``out`` (torchrun-aware)."""
+    """Train ``cfg`` on the NIH-layout folder ``data_root`` into run folder ``out`` (torchrun-aware).
+
+    ``data_root`` / ``cache_dir`` may be left out with ``resume`` (RUN/data.json has them). While it runs, rank 0
+    holds RUN/.run.lock: a second ``train`` on the same folder fails at once with RunError naming the holder. The
+    caller's process-wide state (determinism flags, thread count, random states) is the same after it returns.
+    """
+    if data_root is None and not resume:
+        raise ConfigError("--data: needed to start a run (a --resume reads it from RUN/data.json)")
+    check_initial_weights(cfg, out=Path(out), resume=resume)
     ctx = dist_utils.init_distributed(device=device)
     try:
-        return Trainer(cfg, data_root=data_root, out=out, cache_dir=cache_dir, resume=resume, ctx=ctx).fit()
+        with training_process_state(cfg.train), run_lock(Path(out), ctx):
+            return Trainer(cfg, data_root=data_root, out=out, cache_dir=cache_dir, resume=resume, ctx=ctx).fit()
     finally:
         dist_utils.cleanup(ctx)
+
+
+def check_initial_weights(cfg: Config, *, out: Path, resume: bool) -> None:
+    """Fail now, before the run folder and an hour of cache building, when a run that starts from step 0 (a fresh
+    start, or a resume of a run without a checkpoint) cannot get its initial weights: a missing weights file, or
+    timm's weights unreachable offline without ``model.allow_random_init``. A resume takes them from last.pt."""
+    if resume and RunDir(out).last.is_file():
+        return
+    from cxrmtl.models import pretrained_source
+
+    m = cfg.model
+    pretrained_source(m.backbone, m.pretrained, allow_random_init=m.allow_random_init)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, ctx: dist_utils.DistContext) -> Iterator[None]:
+    """Rank 0 holds RUN/.run.lock for the block (created with the folder); the other ranks of the job do not."""
+    if not ctx.is_main:
+        yield
+        return
+    run = RunDir(out)
+    run.prepare()
+    with exclusive_lock(run.lock_path, what=str(out), error=RunError):
+        yield
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def format_summary(summary: TrainSummary) -> str:

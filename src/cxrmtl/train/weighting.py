@@ -2,15 +2,20 @@
 
 Two families share one interface (``Weighting.backward``):
 
-* loss weighting (``equal``/``static``, ``uncertainty``, ``dwa``) backpropagates one weighted sum of the losses;
-  under DDP the usual gradient hooks average it across ranks.
-* gradient methods (``gradnorm``, ``pcgrad``, ``cagrad``) need each task's gradient on the shared backbone
-  separately (``needs_per_task_grads``); the loop then runs the backward under DDP's ``no_sync()`` and passes
-  ``reduce`` (average across ranks), which is applied to every per-task gradient *before* they are combined, so the
-  combination sees the same global gradients on every rank and DDP equals single-process training.
+* loss weighting (``equal``/``static``, ``uncertainty``, ``dwa``, ``gradnorm``) backpropagates one weighted sum of
+  the losses; under DDP the usual gradient hooks average it across ranks. GradNorm learns its weights from
+  per-task gradient norms on the shared representation (``features``), which costs one small backward per task
+  through the heads only, not through the backbone.
+* gradient surgery (``pcgrad``, ``cagrad``) needs each task's gradient on the shared backbone separately
+  (``needs_per_task_grads``); the loop then runs the backward under DDP's ``no_sync()`` and passes ``reduce``
+  (average across ranks), which is applied to every per-task gradient *before* they are combined, so the
+  combination sees the same global gradients on every rank and DDP equals single-process training. Each task's
+  reduction starts right after its backward (``reduce.start``, an asynchronous all-reduce, when the reducer has
+  one) so the communication overlaps the next task's backward. Both methods are computed on the T x T Gram matrix
+  of the task gradients: the update is ``sum_i a_i g_i``, and the coefficients ``a_i`` are the logged weights.
 
-``grad_scale`` is the AMP loss scale (``GradScaler.get_scale()``, 1.0 without a scaler): gradients are written
-scaled, as ``scaler.scale(loss).backward()`` would, and logged norms are unscaled. See docs/weighting.md.
+``grad_scale`` is the AMP loss scale (the value ``GradScaler.scale`` multiplies by, 1.0 without a scaler): gradients
+are written scaled, as ``scaler.scale(loss).backward()`` would, and logged norms are unscaled. See docs/weighting.md.
 """
 
 from __future__ import annotations
@@ -67,17 +72,49 @@ def flat_grad(loss: Tensor, params: Sequence[nn.Parameter], *, retain_graph: boo
     )
 
 
-def accumulate_flat(params: Sequence[nn.Parameter], flat: Tensor) -> None:
-    """Add a flat gradient to ``p.grad`` of every parameter (so micro-batch accumulation keeps working)."""
+def accumulate_flat(params: Sequence[nn.Parameter], flat: Tensor, *, owned: bool = False) -> None:
+    """Add a flat gradient to ``p.grad`` of every parameter (so micro-batch accumulation keeps working).
+
+    ``owned``: ``flat`` is a fresh tensor nobody else holds, so empty ``.grad`` slots take views of it (no copy).
+    """
     offset = 0
     for p in params:
         n = p.numel()
         g = flat[offset : offset + n].view_as(p).to(p.dtype)
         offset += n
         if p.grad is None:
-            p.grad = g.clone()
+            p.grad = g if owned and g.dtype == flat.dtype else g.clone()
         else:
             p.grad.add_(g)
+
+
+def gram_matrix(rows: Tensor, *, block: int = 1 << 20) -> Tensor:
+    """``rows @ rows.T`` as float64 on the CPU, summed over column blocks of ``block``.
+
+    Blocks: float64 accumulation across blocks (P is ~10^7), and on the CPU a 10^7-long reduction in one GEMM was
+    ~2x slower than blocks of 2^20 columns here (cache-sized panels).
+    """
+    gram = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
+    for start in range(0, rows.shape[1], block):
+        part = rows[:, start : start + block]
+        gram += (part @ part.T).double()
+    return gram.cpu()
+
+
+def start_reduce(reduce: Reduce | None, tensor: Tensor) -> Callable[[], Tensor]:
+    """Begin averaging ``tensor`` over ranks (in place); the returned callable waits for it and returns it.
+
+    A reducer with a ``start`` attribute (``cxrmtl.distributed.mean_reducer``) launches an asynchronous all-reduce,
+    so work done between this call and the wait (the next task's backward) overlaps the communication; any other
+    reducer runs at once.
+    """
+    if reduce is None:
+        return lambda: tensor
+    start = getattr(reduce, "start", None)
+    if start is not None:
+        return start(tensor)
+    reduced = reduce(tensor)
+    return lambda: reduced
 
 
 def task_gradient_norms(
@@ -104,6 +141,7 @@ class Weighting(nn.Module, abc.ABC):
     """Base class. Subclasses keep their state in parameters/buffers so ``state_dict()`` checkpoints it."""
 
     needs_per_task_grads: ClassVar[bool] = False
+    needs_features: ClassVar[bool] = False  # wants the shared representation (backbone output) as ``features``
 
     def __init__(self, *, task_names: Sequence[str]) -> None:
         super().__init__()
@@ -129,8 +167,13 @@ class Weighting(nn.Module, abc.ABC):
         grad_scale: float = 1.0,
         reduce: Reduce | None = None,
         with_grad_norms: bool = False,
+        features: Tensor | None = None,
     ) -> dict[str, float]:
-        """Fill ``.grad`` of ``all_params`` (and of this module's parameters) from the task losses; return logs."""
+        """Fill ``.grad`` of ``all_params`` (and of this module's parameters) from the task losses; return logs.
+
+        ``features`` is the shared representation the heads read (with its graph); only methods with
+        ``needs_features`` use it, and they fall back to the shared parameters without it.
+        """
 
     def end_epoch(self, epoch: int, mean_losses: Mapping[str, float]) -> None:
         """Called by the loop after every epoch with the (globally averaged) mean training loss of each task."""
@@ -160,18 +203,36 @@ class LossWeighting(Weighting):
         grad_scale: float = 1.0,
         reduce: Reduce | None = None,
         with_grad_norms: bool = False,
+        features: Tensor | None = None,
     ) -> dict[str, float]:
         ordered = self._ordered(losses)
         logs = task_gradient_norms(losses, shared_params, reduce=reduce) if with_grad_norms else {}
+        self.before_backward(ordered, features=features, shared_params=shared_params, grad_scale=grad_scale,
+                             reduce=reduce)
         weights = self.loss_weights()
+        logs.update({f"weight/{k}": v for k, v in self.current_weights().items()})  # the weights of this step
         total = sum(w * loss for w, loss in zip(weights.to(ordered[0].device), ordered, strict=True))
         reg = self.regulariser()
         if reg is not None:
             total = total + reg.to(total.device)
         (total * grad_scale).backward()
         self._reduce_own_grads(reduce)
-        logs.update({f"weight/{k}": v for k, v in self.current_weights().items()})
+        self.after_backward()
         return logs
+
+    def before_backward(
+        self,
+        ordered: Sequence[Tensor],
+        *,
+        features: Tensor | None,
+        shared_params: Sequence[nn.Parameter],
+        grad_scale: float,
+        reduce: Reduce | None,
+    ) -> None:
+        """Hook for methods that measure something on the graph before it is freed (GradNorm's norms)."""
+
+    def after_backward(self) -> None:
+        """Hook for methods that update their state after the step's weights were used (GradNorm)."""
 
     def _reduce_own_grads(self, reduce: Reduce | None) -> None:
         """This module is not inside the DDP wrapper, so its parameters' gradients are averaged here."""
@@ -189,13 +250,24 @@ class LossWeighting(Weighting):
 
 
 class GradientWeighting(Weighting):
-    """Per-task gradients on the shared parameters, reduced across ranks, then combined by ``combine``."""
+    """Per-task gradients on the shared parameters, reduced across ranks, then combined as ``sum_i a_i g_i``.
+
+    Subclasses only see the T x T Gram matrix ``G_ij = g_i . g_j`` (float64) and return the coefficients ``a``:
+    both methods here are linear in the task gradients, so one pass over the (T, P) gradients builds the update.
+    Each head gets its own task's gradient (weight 1).
+    """
 
     needs_per_task_grads: ClassVar[bool] = True
 
+    def __init__(self, *, task_names: Sequence[str]) -> None:
+        super().__init__(task_names=task_names)
+        # The coefficients of the last step (the effective task weights); not checkpointed: a per-step quantity.
+        self.register_buffer("last_weights", torch.ones(len(self.task_names), dtype=torch.float64), persistent=False)
+        self._grad_rows: Tensor | None = None
+
     @abc.abstractmethod
-    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
-        """(T, P) per-task shared gradients and (T,) global losses -> (combined (P,), head weights (T,), logs)."""
+    def combine(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """(T, T) float64 Gram matrix of the global task gradients -> (coefficients (T,) float64, logs)."""
 
     def backward(
         self,
@@ -206,35 +278,76 @@ class GradientWeighting(Weighting):
         grad_scale: float = 1.0,
         reduce: Reduce | None = None,
         with_grad_norms: bool = False,
+        features: Tensor | None = None,
     ) -> dict[str, float]:
         ordered = self._ordered(losses)
         shared = list(shared_params)
         shared_ids = {id(p) for p in shared}
         heads = [p for p in all_params if id(p) not in shared_ids and p.requires_grad]
-        n_shared = sum(p.numel() for p in shared)
-        shared_grads, head_grads = [], []
+        grads = self._gradient_buffer(len(ordered), shared)
+        head_sum = [torch.zeros_like(p) for p in heads]
+        pending = []
         for i, loss in enumerate(ordered):
-            flat = flat_grad(loss * grad_scale, shared + heads, retain_graph=i < len(ordered) - 1)
-            g = flat[:n_shared]
-            shared_grads.append(reduce(g) if reduce is not None else g)
-            head_grads.append(flat[n_shared:])
-        grads = torch.stack(shared_grads)
-        loss_values = torch.stack([loss.detach().float() for loss in ordered])
-        if reduce is not None:
-            loss_values = reduce(loss_values)
-        used = self.current_weights()  # log the weights of this step, before a method updates them
-        combined, head_weights, logs = self.combine(grads, loss_values)
-        accumulate_flat(shared, combined)
-        if heads:
-            head_flat = sum(w * g for w, g in zip(head_weights.to(grads.device, grads.dtype), head_grads, strict=True))
-            accumulate_flat(heads, reduce(head_flat) if reduce is not None else head_flat)
-        norms = (grads.norm(dim=1) / grad_scale).tolist()
+            _task_gradient(loss * grad_scale, shared, heads, out=grads[i], head_sum=head_sum,
+                           retain_graph=i < len(ordered) - 1)
+            pending.append(start_reduce(reduce, grads[i]))  # overlaps the next task's backward
+        head_flat = torch.cat([g.reshape(-1) for g in head_sum]) if heads else None
+        head_done = start_reduce(reduce, head_flat) if head_flat is not None else None
+        for finish in pending:
+            finish()
+        gram = gram_matrix(grads)
+        if torch.isfinite(gram).all():
+            coefficients, logs = self.combine(gram)
+            self.last_weights.copy_(coefficients)
+        else:  # an AMP overflow step (the scaler skips it): the plain sum, and nothing learnt from it
+            coefficients, logs = torch.ones(len(ordered), dtype=torch.float64), {}
+        accumulate_flat(shared, coefficients.to(grads.device, grads.dtype) @ grads, owned=True)
+        if head_done is not None:
+            accumulate_flat(heads, head_done())
+        norms = (gram.diagonal().clamp_min(0).sqrt() / grad_scale).tolist()
         logs.update({f"gradnorm/{name}": float(v) for name, v in zip(self.task_names, norms, strict=True)})
-        logs.update({f"weight/{k}": v for k, v in used.items()})
+        logs.update({f"weight/{k}": v for k, v in self.current_weights().items()})
         return logs
 
+    def _gradient_buffer(self, tasks: int, shared: Sequence[nn.Parameter]) -> Tensor:
+        """One (T, P) buffer for the per-task shared gradients, kept between steps (no re-allocation per step)."""
+        size = sum(p.numel() for p in shared)
+        ref = shared[0]
+        buf = self._grad_rows
+        if buf is None or buf.shape != (tasks, size) or buf.dtype != ref.dtype or buf.device != ref.device:
+            buf = self._grad_rows = torch.empty(tasks, size, dtype=ref.dtype, device=ref.device)
+        return buf
+
     def current_weights(self) -> dict[str, float]:
-        return dict.fromkeys(self.task_names, 1.0)
+        """The coefficient of each task's gradient in the last update (1 for all before the first step)."""
+        return dict(zip(self.task_names, self.last_weights.tolist(), strict=True))
+
+
+def _task_gradient(
+    loss: Tensor,
+    shared: Sequence[nn.Parameter],
+    heads: Sequence[nn.Parameter],
+    *,
+    out: Tensor,
+    head_sum: Sequence[Tensor],
+    retain_graph: bool,
+) -> None:
+    """Write d loss / d shared into the row ``out`` and add d loss / d heads to ``head_sum``."""
+    if not loss.requires_grad:
+        out.zero_()
+        return
+    grads = torch.autograd.grad(loss, [*shared, *heads], retain_graph=retain_graph, allow_unused=True)
+    offset = 0
+    for p, g in zip(shared, grads[: len(shared)], strict=True):
+        dst = out[offset : offset + p.numel()]
+        offset += p.numel()
+        if g is None:
+            dst.zero_()
+        else:
+            dst.copy_(g.reshape(-1))
+    for acc, g in zip(head_sum, grads[len(shared) :], strict=True):
+        if g is not None:
+            acc.add_(g)
 
 
 # ----------------------------------------------------------------------------------------------- loss weighting
@@ -275,7 +388,8 @@ class UncertaintyWeighting(LossWeighting):
 
     total = sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i with learnable s_i = log sigma_i^2. At the optimum
     exp(s_i) = L_i, so a task whose loss stays high (noisy labels) gets a small weight 0.5 / L_i. The s_i are
-    ordinary parameters: the loop adds them to the optimizer (no weight decay).
+    ordinary parameters: the loop adds them to the optimizer in their own group (no weight decay, learning rate
+    ``optim.weighting_lr``: at the network's learning rate they barely move, see docs/weighting.md).
     """
 
     def __init__(self, *, task_names: Sequence[str], init_log_var: float = 0.0) -> None:
@@ -325,19 +439,29 @@ class DynamicWeightAverage(LossWeighting):
         return self.task_names
 
 
-# ----------------------------------------------------------------------------------------------- gradient methods
-
-
 @register_weighting("gradnorm")
-class GradNorm(GradientWeighting):
+class GradNorm(LossWeighting):
     """GradNorm (Chen et al., ICML 2018): learn weights so that each task's weighted gradient norm tracks
     ``mean norm * r_i ** alpha``, r_i = relative inverse training rate (L_i(t)/L_i(0) over its mean).
 
-    The paper measures norms on the last shared layer; here on all shared parameters (already computed for the
-    combination). The weights follow the gradient of the paper's L_grad, normalised by the mean norm so the step
-    is scale-free (the paper uses the network's own optimizer), then are renormalised to sum to T.
-    alpha = 1.5 is the paper's NYUv2 setting; lr 0.025 matches its weight learning rate order.
+    Norms are taken on the shared representation (the backbone output the heads read, ``features``): one small
+    backward per task through the heads, then one ordinary backward of ``sum_i w_i L_i``, so a step costs about
+    what ``equal`` costs. The paper measures on the last shared layer's weights to save compute; the
+    representation is the cheaper choice its authors and LibMTL (``rep_grad``) also offer. Without ``features``
+    (e.g. under torch.compile, where the representation is inside the compiled graph) the norms fall back to the
+    gradients on all shared parameters (one full backward per task).
+
+    The weights are ``T * softmax(logits)`` and the logits follow Adam (betas 0.9/0.999, learning rate ``lr``) on
+    the paper's L_grad = sum_i |w_i n_i - mean(w n) r_i^alpha| with norms n divided by their mean (a constant
+    factor: same minimiser, and Adam's step does not depend on the gradients' scale, so ranks and scales agree).
+    This is LibMTL's parametrisation; a fixed-size step on the weights themselves made them jitter by +-75 % around
+    a small target. A task with a zero gradient this step (no labelled sample in the batch) is left out of the
+    balance: its weight and Adam state do not change, and the others keep their total. alpha = 1.5 is the
+    paper's NYUv2 setting.
     """
+
+    needs_features: ClassVar[bool] = True
+    BETAS: ClassVar[tuple[float, float]] = (0.9, 0.999)  # Adam's defaults (Kingma & Ba 2015), as LibMTL uses
 
     def __init__(self, *, task_names: Sequence[str], alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__(task_names=task_names)
@@ -345,34 +469,85 @@ class GradNorm(GradientWeighting):
             raise ConfigError(f"weighting gradnorm: need alpha >= 0 and lr > 0, got alpha={alpha}, lr={lr}")
         self.alpha, self.lr = float(alpha), float(lr)
         n = len(self.task_names)
-        self.register_buffer("weights", torch.ones(n, dtype=torch.float32))
-        self.register_buffer("initial_losses", torch.full((n,), float("nan"), dtype=torch.float32))
+        self.register_buffer("logits", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("exp_avg", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("exp_avg_sq", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("adam_steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("initial_losses", torch.full((n,), float("nan"), dtype=torch.float64))
+        self._pending: tuple[Tensor, Tensor] | None = None
 
-    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
-        w = self.weights.to(grads.device, grads.dtype)
-        combined = (w[:, None] * grads).sum(0)
-        device = self.weights.device
-        self._update(grads.norm(dim=1).float().to(device), losses.float().to(device))
-        return combined, w, {}
+    def loss_weights(self) -> Tensor:
+        return (len(self.task_names) * torch.softmax(self.logits, 0)).float()
+
+    def before_backward(
+        self,
+        ordered: Sequence[Tensor],
+        *,
+        features: Tensor | None,
+        shared_params: Sequence[nn.Parameter],
+        grad_scale: float,
+        reduce: Reduce | None,
+    ) -> None:
+        sq = torch.stack([self._squared_norm(loss * grad_scale, features, shared_params, reduce) for loss in ordered])
+        sq = sq / grad_scale**2
+        stats = torch.cat([sq, torch.stack([loss.detach().double() for loss in ordered])])
+        if reduce is not None:
+            # The representation is per sample, so the mean over ranks of the per-rank squared norms is the global
+            # squared norm times a constant (the world size), which the normalisation by the mean norm removes.
+            # (Fallback norms are global already; averaging equal values leaves them as they are.)
+            stats = reduce(stats)
+        self._pending = (stats[: len(ordered)].cpu(), stats[len(ordered) :].cpu())
+
+    @staticmethod
+    def _squared_norm(
+        loss: Tensor, features: Tensor | None, shared_params: Sequence[nn.Parameter], reduce: Reduce | None
+    ) -> Tensor:
+        """||d loss / d features||^2, or without features ||d loss / d shared||^2 of the rank-averaged gradient."""
+        zero = torch.zeros((), dtype=torch.float64, device=loss.device)
+        if not loss.requires_grad:
+            return zero
+        if features is None:
+            flat = flat_grad(loss, shared_params, retain_graph=True)
+            return (reduce(flat) if reduce is not None else flat).double().square().sum()
+        (grad,) = torch.autograd.grad(loss, [features], retain_graph=True, allow_unused=True)
+        return zero if grad is None else grad.double().square().sum()
+
+    def after_backward(self) -> None:
+        if self._pending is not None:
+            sq, losses = self._pending
+            self._pending = None
+            self._update(sq.clamp_min(0).sqrt(), losses)
 
     def _update(self, norms: Tensor, losses: Tensor) -> None:
+        """One Adam step of the logits on L_grad over the tasks with a gradient (float64, on the CPU)."""
         if not (torch.isfinite(norms).all() and torch.isfinite(losses).all()):
             return  # an AMP overflow step: the scaler skips it, the weights must not learn from it either
         init = self.initial_losses
         fresh = ~torch.isfinite(init) & (losses > 0)
         init[fresh] = losses[fresh]
-        if not (torch.isfinite(init).all() and (init > 0).all() and norms.mean() > 0):
-            return
-        ratio = losses / init
-        rate = ratio / ratio.mean()
-        weighted = self.weights * norms
-        target = weighted.mean() * rate.pow(self.alpha)
-        step = torch.sign(weighted - target) * norms / norms.mean()
-        new = (self.weights - self.lr * step).clamp_min(1e-3)
-        self.weights.copy_(new * len(new) / new.sum())
+        active = (norms > 0) & (losses > 0) & torch.isfinite(init)
+        if int(active.sum()) < 2:
+            return  # nothing to balance
+        logits = self.logits[active].clone().requires_grad_(True)
+        total = float(len(self.task_names) * torch.softmax(self.logits, 0)[active].sum())  # the active tasks' share
+        w = total * torch.softmax(logits, 0)
+        n = norms[active] / norms[active].mean()
+        ratio = losses[active] / init[active]
+        weighted = w * n
+        target = (weighted.mean() * (ratio / ratio.mean()).pow(self.alpha)).detach()
+        (grad,) = torch.autograd.grad((weighted - target).abs().sum(), logits)
+        self.adam_steps += 1
+        (b1, b2), t = self.BETAS, int(self.adam_steps)
+        m = self.exp_avg[active] * b1 + (1 - b1) * grad
+        v = self.exp_avg_sq[active] * b2 + (1 - b2) * grad.square()
+        self.exp_avg[active], self.exp_avg_sq[active] = m, v
+        step = self.lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + 1e-8)
+        new = logits.detach() - step
+        # Shift within the active group so its log-sum-exp (hence its total weight, and every other weight) stays.
+        self.logits[active] = new - torch.logsumexp(new, 0) + torch.logsumexp(logits.detach(), 0)
 
-    def current_weights(self) -> dict[str, float]:
-        return dict(zip(self.task_names, self.weights.tolist(), strict=True))
+
+# ----------------------------------------------------------------------------------------------- gradient surgery
 
 
 @register_weighting("pcgrad")
@@ -380,6 +555,9 @@ class PCGrad(GradientWeighting):
     """PCGrad (Yu et al., NeurIPS 2020): project each task gradient off the normal plane of every other task's
     gradient it conflicts with (negative dot product), in a random order, then sum.
 
+    Computed on the Gram matrix: a projected gradient is kept as coefficients over the original task gradients,
+    ``g_i' = sum_k C_ik g_k``, so ``g_i' . g_j = (C G)_ij`` and a projection only changes ``C_ij``; the update is
+    ``sum_k (sum_i C_ik) g_k``. Same arithmetic as the sequential algorithm, O(T^3) instead of O(T^2 P).
     The order comes from a generator seeded by (seed, step), identical on every rank and after a resume.
     """
 
@@ -388,23 +566,24 @@ class PCGrad(GradientWeighting):
         self.seed = int(seed)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
-    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def combine(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.step))
         self.step += 1
-        n = grads.shape[0]
-        dots = grads @ grads.T
-        sq = dots.diagonal().clamp_min(1e-20)
-        projected = grads.clone()
+        n = gram.shape[0]
+        g = gram.numpy()
+        sq = np.maximum(np.diag(g), 1e-300)
+        coef = np.eye(n)
         for i in range(n):
             for j in torch.randperm(n, generator=gen).tolist():
                 if j == i:
                     continue
-                dot = projected[i] @ grads[j]
+                dot = coef[i] @ g[:, j]
                 if dot < 0:
-                    projected[i] -= (dot / sq[j]) * grads[j]
-        conflicts = (dots.triu(1) < 0).sum().item()
-        pairs = n * (n - 1) / 2
-        return projected.sum(0), torch.ones(n), {"pcgrad/conflict_fraction": conflicts / pairs if pairs else 0.0}
+                    coef[i, j] -= dot / sq[j]
+        active = np.diag(g) > 0
+        pairs = int(active.sum()) * (int(active.sum()) - 1) / 2
+        conflicts = int((np.triu(g, 1)[np.ix_(active, active)] < 0).sum())
+        return torch.from_numpy(coef.sum(0)), {"pcgrad/conflict_fraction": conflicts / pairs if pairs else 0.0}
 
 
 @register_weighting("cagrad")
@@ -415,7 +594,11 @@ class CAGrad(GradientWeighting):
     simplex minimising g_w . g0 + c ||g0|| ||g_w|| (solved on the T x T Gram matrix with SLSQP, as in the authors'
     code), then divided by 1 + c^2 (their ``rescale=1``). c = 0.4 is the paper's NYUv2/Cityscapes setting.
     We multiply by T so that without conflicts (c = 0) the step equals the sum of the task gradients, i.e. the
-    same scale as ``equal`` and ``pcgrad``.
+    same scale as ``equal`` and ``pcgrad``. The update is built from coefficients, d = sum_i a_i g_i with
+    a_i = (1 + T lam w_i) / (1 + c^2), lam = c ||g0|| / ||g_w||, norms from the Gram matrix.
+
+    Tasks with a zero gradient this step (no labelled sample in the batch) are left out of the solve (and T counts
+    only the others): otherwise all weight goes to the empty task, whose g_w = 0 makes the objective 0.
     """
 
     def __init__(self, *, task_names: Sequence[str], c: float = 0.4) -> None:
@@ -424,18 +607,20 @@ class CAGrad(GradientWeighting):
             raise ConfigError(f"weighting cagrad: c must be >= 0, got {c}")
         self.c = float(c)
 
-    def combine(self, grads: Tensor, losses: Tensor) -> tuple[Tensor, Tensor, dict[str, float]]:
-        n = grads.shape[0]
-        gram = (grads.double() @ grads.double().T).cpu().numpy()
-        g0 = grads.mean(0)
-        if self.c == 0 or not np.isfinite(gram).all():
-            return g0 * n, torch.ones(n), {}
-        w = self._solve(gram)
-        gw = (torch.from_numpy(w).to(grads.device, grads.dtype)[:, None] * grads).sum(0)
-        g0_norm = math.sqrt(max(gram.mean(), 0.0))
-        lam = self.c * g0_norm / (float(gw.norm()) + 1e-12)
-        d = (g0 + lam * gw) / (1 + self.c**2)
-        return d * n, torch.ones(n), {}
+    def combine(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        g = gram.numpy()
+        n = g.shape[0]
+        active = np.flatnonzero(np.diag(g) > 0)
+        if self.c == 0 or not np.isfinite(g).all() or active.size == 0:
+            return torch.ones(n, dtype=torch.float64), {}
+        sub = g[np.ix_(active, active)]
+        w = self._solve(sub) if active.size > 1 else np.ones(1)
+        g0_norm = math.sqrt(max(float(sub.mean()), 0.0))
+        gw_norm = math.sqrt(max(float(w @ sub @ w), 0.0))
+        lam = self.c * g0_norm / (gw_norm + 1e-12)
+        coef = np.full(n, 1.0 / (1 + self.c**2))
+        coef[active] = (1 + active.size * lam * w) / (1 + self.c**2)
+        return torch.from_numpy(coef), {}
 
     def _solve(self, gram: np.ndarray) -> np.ndarray:
         from scipy.optimize import minimize

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError
-from cxrmtl.eval.evaluate import EvalOptions, detect_data_kind, evaluate_run
+from cxrmtl.eval.evaluate import EvalOptions
 from cxrmtl.eval.thresholds import load_thresholds
+from cxrmtl.report.evaluation import evaluate_run
 from cxrmtl.report.render import load_section, table_section
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -73,7 +73,10 @@ def test_cli_evaluate_writes_everything(trained: tuple[Path, Path], tmp_path: Pa
     out = run / "eval" / "test"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["thresholds_from"] == "val"
-    assert metrics["data"]["kind"] == "subset"  # a tiny folder is never compared with the literature
+    data = metrics["data"]  # a tiny folder is never compared with the literature; its counts are the ones evaluated
+    assert data["kind"] == "subset" and data["comparable"] is False and data["split"] == "test"
+    assert (data["n_images"], data["n_patients"]) == (metrics["n_images"], metrics["n_patients"])
+    assert f"{metrics['n_images']} images, {metrics['n_patients']} patients" in data["banner"]
     # Single-finding tasks (few figure panels keep this test fast) are gathered into the findings view.
     assert set(metrics["tasks"]) == {"findings:Effusion", "findings:Hernia", "abnormal", "age", "sex", "view"}
     eff = metrics["tasks"]["findings:Effusion"]["outputs"]["Effusion"]
@@ -83,12 +86,11 @@ def test_cli_evaluate_writes_everything(trained: tuple[Path, Path], tmp_path: Pa
     assert metrics["findings"]["auroc"]["Effusion"]["value"] == eff["auroc"]["value"]
     assert metrics["tasks"]["age"]["outputs"]["age"]["mae"]["value"] > 0
     page = (out / "report.html").read_text()
-    assert "Not the full NIH ChestX-ray14 release" in page and "Ablation" in page and "Training curves" in page
+    assert data["banner"] in page and "Ablation" in page and "Training curves" in page
+    assert "Published results (reference only)" in page and "ours (" not in page
     thresholds = load_thresholds(run)
     assert thresholds is not None and thresholds.get("findings:Effusion", "Effusion") is not None
-    from cxrmtl.infer.predictor import load_run
-
-    assert load_run(run).thresholds is not None  # predict / triage / serve see the operating points
+    assert thresholds.split == "val"  # predict / triage / serve read these through load_thresholds only
 
 
 @pytest.mark.slow
@@ -103,6 +105,23 @@ def test_library_evaluate_val_split_and_errors(trained: tuple[Path, Path], tmp_p
         evaluate_run(run, data_root=root, split="train")
     with pytest.raises(EvaluationError, match="data kind"):
         evaluate_run(run, data_root=root, data_kind="real")
+    with pytest.raises(EvaluationError, match="complete official test split"):  # a tiny folder is never "nih"
+        evaluate_run(run, data_root=root, data_kind="nih", figures=False, options=EvalOptions(n_bootstrap=10))
+
+
+@pytest.mark.slow
+def test_phantom_marker_in_the_data_folder_labels_the_evaluation(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    root, run = trained
+    marked = tmp_path / "marked"
+    shutil.copytree(root, marked)
+    (marked / "phantom.json").write_text("{}")
+    result = evaluate_run(run, data_root=marked, split="test", figures=False, options=EvalOptions(n_bootstrap=10),
+                          cache_dir=tmp_path / "cache")
+    data = result.evaluation.metrics["data"]
+    assert data["kind"] == "phantom" and data["banner"].startswith("PHANTOM DATA")
+    assert "PHANTOM DATA" in result.report_md.read_text()
 
 
 def test_cli_reports_bad_run_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -121,11 +140,3 @@ def test_bad_section_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(EvaluationError, match=r"s\.json"):
         load_section(path)
-
-
-def test_detect_data_kind(tmp_path: Path) -> None:
-    full_test = L.NIH_SPLIT_COUNTS["test"][0]
-    assert detect_data_kind(tmp_path, n_images=L.NIH_NUM_IMAGES, n_test=full_test) == "nih"
-    assert detect_data_kind(tmp_path, n_images=500, n_test=100) == "subset"
-    (tmp_path / "PHANTOM").write_text("")
-    assert detect_data_kind(tmp_path, n_images=L.NIH_NUM_IMAGES, n_test=full_test) == "phantom"

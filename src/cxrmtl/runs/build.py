@@ -39,4 +39,5 @@ def build_model(cfg: Config, tasks: Sequence[Any], *, pretrained: bool | str | N
 
     m = cfg.model
     init = m.pretrained if pretrained is None else pretrained
-    return MultiTaskNet(backbone=m.backbone, tasks=tasks, pretrained=init, drop_rate=m.drop_rate)
+    return MultiTaskNet(backbone=m.backbone, tasks=tasks, pretrained=init, drop_rate=m.drop_rate,
+                        allow_random_init=m.allow_random_init)
