@@ -1,4 +1,8 @@
-"""Grad-CAM heatmaps for one output of one task of a multitask network, through ``pytorch-grad-cam``.
+"""Class activation maps (Grad-CAM, Grad-CAM++, HiResCAM) for one output of one task of a multitask network.
+
+The maps come from ``pytorch-grad-cam``; ``CAM_METHODS`` names the methods a user can pick (``cxrmtl localize
+--cam``), ``DEFAULT_CAM`` is the one measured best on the phantom's boxes (bench/bench_localization.py,
+docs/localization.md).
 
 ``MultiTaskNet.forward`` returns a dict keyed by task; Grad-CAM wants a model that returns one tensor. ``TaskOutput``
 wraps the network so that it returns ``model(x)[task]`` and ``ClassifierOutputTarget(j)`` then picks column j, i.e.
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrmtl import labels
 from cxrmtl.errors import EvaluationError
 
 
@@ -73,6 +78,45 @@ def resolve_target_layer(model: nn.Module, *, layer: str | None = None) -> nn.Mo
     raise EvaluationError("target layer: the model has no 2-D convolution or timm feature stage to take a CAM from")
 
 
+def _gradcam() -> type:
+    from pytorch_grad_cam import GradCAM
+
+    return GradCAM
+
+
+def _gradcam_pp() -> type:
+    from pytorch_grad_cam import GradCAMPlusPlus
+
+    return GradCAMPlusPlus
+
+
+def _hirescam() -> type:
+    from pytorch_grad_cam import HiResCAM
+
+    return HiResCAM
+
+
+# Registry: name -> loader of the pytorch-grad-cam class (imported lazily: the package pulls in OpenCV).
+# Grad-CAM: Selvaraju et al., ICCV 2017 (channel weights = spatial mean of the gradient); Grad-CAM++: Chattopadhay
+# et al., WACV 2018 (higher-order weights, several instances); HiResCAM: Draelos & Carin 2020 (gradient times
+# activation element-wise, no spatial averaging: faithful to what the logit used at each position).
+CAM_METHODS: dict[str, Callable[[], type]] = {"gradcam": _gradcam, "gradcam++": _gradcam_pp, "hirescam": _hirescam}
+DEFAULT_CAM = labels.LOC_DEFAULT_CAM
+
+
+def cam_class(method: str) -> type:
+    """The pytorch-grad-cam class of ``method`` (a ``CAM_METHODS`` name)."""
+    if method not in CAM_METHODS:
+        raise EvaluationError(f"cam: unknown method {method!r}; expected one of {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[method]()
+
+
+def layer_name(model: nn.Module, *, layer: str | None = None) -> str:
+    """The dotted name of the module ``resolve_target_layer`` picks (for reports)."""
+    target = resolve_target_layer(model, layer=layer)
+    return next((name for name, module in model.named_modules() if module is target), layer or "")
+
+
 def grad_cam(
     model: nn.Module,
     images: torch.Tensor,
@@ -80,16 +124,17 @@ def grad_cam(
     task: str,
     columns: Sequence[int],
     layer: str | None = None,
+    method: str = DEFAULT_CAM,
 ) -> np.ndarray:
-    """Grad-CAM maps (B, H, W) in [0, 1] at the input size; row b explains ``model(x)[task][b, columns[b]]``.
+    """CAM maps (B, H, W) in [0, 1] at the input size; row b explains ``model(x)[task][b, columns[b]]``.
 
-    ``images`` is the float input the network expects (``data.loader.normalize`` of the uint8 cache pixels, with
-    the run's ``data.pixel_mean``/``pixel_std``). Each map is min-max scaled by
-    pytorch-grad-cam; a map that is zero everywhere means the gradient had no positive evidence.
+    ``method`` is a ``CAM_METHODS`` name. ``images`` is the float input the network expects
+    (``data.loader.normalize`` of the uint8 cache pixels, with the run's ``data.pixel_mean``/``pixel_std``). Each
+    map is min-max scaled by pytorch-grad-cam; a map that is zero everywhere means no positive evidence.
     """
-    from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    cam_type = cam_class(method)
     if images.ndim != 4:
         raise EvaluationError(f"images: expected a (B, C, H, W) batch, got {tuple(images.shape)}")
     if len(columns) != images.shape[0]:
@@ -99,7 +144,7 @@ def grad_cam(
     device = next(model.parameters()).device
     was_training = model.training
     try:
-        with torch.enable_grad(), GradCAM(model=wrapped, target_layers=[target_layer]) as cam:
+        with torch.enable_grad(), cam_type(model=wrapped, target_layers=[target_layer]) as cam:
             _check_columns(wrapped, images.to(device), columns)
             maps = cam(input_tensor=images.to(device), targets=[ClassifierOutputTarget(int(j)) for j in columns])
     finally:
