@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Each recipe: (batch size, overrides on top of demo_phantom.yaml). "old" is the demo recipe before issue 11.
 OLD = ("optim.lr=1e-3", "optim.warmup_steps=50", "tasks.pos_weight=true", "augment.enabled=true")
 ONE = ("optim.lr=2e-3", "optim.warmup_fraction=0.2", "optim.warmup_steps=0")  # learnability.py's lr and warm-up
+AUX01 = ("weighting.weights={abnormal: 0.1, age: 0.1, sex: 0.1, view: 0.1}",)
 RECIPES: dict[str, tuple[int, tuple[str, ...]]] = {
     "old": (32, OLD),
     "old_bs64": (64, OLD),
@@ -38,6 +39,14 @@ RECIPES: dict[str, tuple[int, tuple[str, ...]]] = {
     "onecycle": (64, (*ONE, "tasks.pos_weight=false", "augment.enabled=false")),
     "onecycle_aug": (64, (*ONE, "tasks.pos_weight=false")),
     "onecycle_pw": (64, (*ONE, "augment.enabled=false")),
+    "bare_like": (64, (*ONE, "tasks.pos_weight=false", "augment.enabled=false", "tasks.specs=findings",
+                       "optim.grad_clip=0")),
+    "bare_like_clip": (64, (*ONE, "tasks.pos_weight=false", "augment.enabled=false", "tasks.specs=findings")),
+    "bare_like_aux": (64, (*ONE, "tasks.pos_weight=false", "augment.enabled=false", "optim.grad_clip=0")),
+    "aux01": (64, (*ONE, "tasks.pos_weight=false", "augment.enabled=false", "optim.grad_clip=0", *AUX01)),
+    "aux01_clip": (64, (*ONE, "tasks.pos_weight=false", "augment.enabled=false", *AUX01)),
+    "aux01_aug": (64, (*ONE, "tasks.pos_weight=false", "optim.grad_clip=0", *AUX01)),
+    "aux01_pw": (64, (*ONE, "augment.enabled=false", "optim.grad_clip=0", *AUX01)),
     "new": (64, ()),
 }
 
