@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Each recipe: (batch size, overrides on top of demo_phantom.yaml). "old" is the demo recipe before issue 11.
-OLD = ("optim.lr=1e-3", "optim.warmup_steps=50", "tasks.pos_weight=true", "augment.enabled=true")
-ONE = ("optim.lr=2e-3", "optim.warmup_fraction=0.2", "optim.warmup_steps=0")  # learnability.py's lr and warm-up
-AUX01 = ("weighting.weights={abnormal: 0.1, age: 0.1, sex: 0.1, view: 0.1}",)
+OLD = ("optim.lr=1e-3", "optim.warmup_steps=50", "optim.warmup_fraction=0", "tasks.pos_weight=true",
+       "augment.enabled=true", "weighting.weights={}")
+ONE = ("optim.lr=2e-3", "optim.warmup_fraction=0.2", "optim.warmup_steps=0", "weighting.weights={}")  # learnability.py's lr and warm-up
+AUX01 = ("weighting.weights={abnormal: 0.1, age: 0.1, sex: 0.1, view: 0.1}",)  # after ONE: replaces its {}
 RECIPES: dict[str, tuple[int, tuple[str, ...]]] = {
     "old": (32, OLD),
     "old_bs64": (64, OLD),
