@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--layers", default="backbone.layer4,backbone.layer3")
     parser.add_argument("--methods", default="gradcam,gradcam++,hirescam")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--picture", type=Path, help="write a before (first row) / after (--after) picture here")
+    parser.add_argument("--after", default="", help="method@layer of the picture's second row")
     args = parser.parse_args()
     import torch
 
@@ -66,6 +68,52 @@ def main() -> None:
         cells = " | ".join(f"{at.loc[f, 'accuracy']:.2f}" for f in findings)
         print(f"| {method} | {layer} | {feat}x{feat} | {result.mean_iobb05:.3f} | {result.mean_afp05:.2f} | "
               f"{result.pointing['hit_rate'].mean():.3f} | {cells} | {seconds:.0f} |")
+    if args.picture:
+        method, layer = args.after.split("@")
+        before_after(loaded, cache, index, before=("gradcam", args.layers.split(",")[0]), after=(method, layer),
+                     out=args.picture, split=args.split)
+        print(f"picture: {args.picture}")
+
+
+def before_after(loaded, cache, index, *, before: tuple[str, str], after: tuple[str, str], out: Path,
+                 per_finding: int = 1, split: str = "test") -> None:
+    """One row of overlays per (method, layer): the first boxed case of each finding, same cases in both rows."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from cxrmtl.data.loader import normalize
+    from cxrmtl.localize.cam import grad_cam
+    from cxrmtl.localize.gallery import render_overlay
+    from cxrmtl.localize.localization import heatmap_to_boxes, iobb
+    from cxrmtl.localize.run import pending_cases
+
+    outputs = list(loaded.labels["findings"])
+    pending, _ = pending_cases(index, cache, split=split, outputs=outputs)
+    chosen, seen = [], {}
+    for p in pending:
+        if seen.get(p.finding, 0) < per_finding:
+            chosen.append(p)
+            seen[p.finding] = seen.get(p.finding, 0) + 1
+    d = loaded.config.data
+    pixels = np.stack([np.asarray(cache.images[p.cache_row]) for p in chosen])
+    x = normalize(torch.from_numpy(pixels).unsqueeze(1), mean=d.pixel_mean, std=d.pixel_std)
+    rows = []
+    for method, layer in (before, after):
+        maps = grad_cam(loaded.model, x, task="findings", columns=[p.column for p in chosen], layer=layer,
+                        method=method)
+        tiles = []
+        for p, image, heat in zip(chosen, pixels, maps, strict=True):
+            pred = heatmap_to_boxes(heat)
+            matched = list(iobb(pred, p.gt).max(axis=1) > 0.5) if len(pred) else []
+            tile = render_overlay(image, heat, gt=p.gt, pred=pred, matched=matched, title=p.finding[:12])
+            tiles.append(cv2.resize(tile, (160, 160), interpolation=cv2.INTER_AREA))
+        label = np.zeros((160, 24, 3), np.uint8)
+        cv2.putText(label, "before" if not rows else "after", (4, 150), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        rows.append(np.hstack([label, *tiles]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
 def _native_size(model, layer: str, size: int) -> int:

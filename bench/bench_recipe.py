@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Each recipe: (batch size, overrides on top of demo_phantom.yaml). "old" is the demo recipe before issue 11.
 OLD = ("optim.lr=1e-3", "optim.warmup_steps=50", "optim.warmup_fraction=0", "tasks.pos_weight=true",
        "augment.enabled=true", "weighting.weights={}")
-ONE = ("optim.lr=2e-3", "optim.warmup_fraction=0.2", "optim.warmup_steps=0", "weighting.weights={}")  # learnability.py's lr and warm-up
+# learnability.py's lr and warm-up, no static task weights
+ONE = ("optim.lr=2e-3", "optim.warmup_fraction=0.2", "optim.warmup_steps=0", "weighting.weights={}")
 AUX01 = ("weighting.weights={abnormal: 0.1, age: 0.1, sex: 0.1, view: 0.1}",)  # after ONE: replaces its {}
 RECIPES: dict[str, tuple[int, tuple[str, ...]]] = {
     "old": (32, OLD),
@@ -59,7 +61,8 @@ def make_phantom(root: Path, *, patients: int, size: int) -> tuple:
     from cxrmtl.phantom.generate import write_phantom
 
     data, cache = root / "data", root / "cache"
-    write_phantom(data, patients=patients, size=size, seed=0, prevalence="boosted", workers=2, progress=False)
+    if not (data / "Data_Entry_2017.csv").is_file():  # --workdir: a finished phantom is reused
+            write_phantom(data, patients=patients, size=size, seed=0, prevalence="boosted", workers=2, progress=False)
     index = load_index(data)
     build_cache(index, cache, size=size, workers=2, progress=False)
     return data, cache, index, open_cache(cache)
@@ -125,6 +128,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--recipes", default="bare,old,new")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, help="keep the phantom and runs here (reused when present)")
     args = parser.parse_args()
     import torch
 
@@ -132,7 +136,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = args.recipes.split(",")
     with tempfile.TemporaryDirectory(prefix="bench_recipe_") as tmp:
-        root = Path(tmp)
+        root = args.workdir or Path(tmp)
         data, cache, index, view = make_phantom(root, patients=args.patients, size=args.size)
         n_train, n_test = len(index.rows("train")), len(index.rows("test"))
         results: dict[str, list[dict]] = {}
@@ -141,7 +145,10 @@ def main() -> None:
                 if arm == "bare":
                     r = run_bare(index, view, images=args.images, seed=seed)
                 else:
-                    r = run_engine(arm, data, cache, index, root / f"run_{arm}_{seed}", images=args.images, seed=seed)
+                    out = root / f"run_{arm}_{seed}"
+                    if out.exists():
+                        shutil.rmtree(out)
+                    r = run_engine(arm, data, cache, index, out, images=args.images, seed=seed)
                 results.setdefault(arm, []).append(r)
                 print(f"seed {seed} {arm}: AUROC {r['auroc']:.3f}, {r['steps']} steps, {r['seconds']:.0f} s",
                       flush=True)
