@@ -40,7 +40,7 @@ def main() -> None:
     from cxrmtl.infer.predictor import load_run
     from cxrmtl.localize.run import localize_run
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     loaded = load_run(args.run, which="best", device="cpu")
     d = loaded.config.data
     index = load_index(args.data, val_fraction=d.val_fraction, split_seed=d.split_seed)
