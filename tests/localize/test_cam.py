@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -145,3 +146,15 @@ def test_cam_registry_matches_the_cli_choices_and_refuses_unknown_methods() -> N
     assert set(labels.LOC_CAM_TITLES) == set(CAM_METHODS)
     with pytest.raises(EvaluationError, match="unknown method 'scorecam'"):
         grad_cam(BlobNet(), _images(), task="findings", columns=[0, 0], method="scorecam")
+
+
+def test_default_layer_is_the_deepest_stage_fine_enough_for_a_box() -> None:
+    from cxrmtl.localize.cam import layer_name
+
+    net = timm.create_model("resnet18", num_classes=0, in_chans=1)
+    assert layer_name(net) == "layer4"  # no size: the last stage, as before
+    assert layer_name(net, image_size=128, min_side=8) == "layer3"  # 128 / 16 = 8 cells a side
+    assert layer_name(net, image_size=128, min_side=16) == "layer2"
+    assert layer_name(net, image_size=512, min_side=8) == "layer4"  # 512 / 32 = 16: the last stage is fine enough
+    assert layer_name(net, image_size=16, min_side=64) == "layer4"  # nothing fine enough: the last stage
+    assert layer_name(net, layer="layer1", image_size=128, min_side=8) == "layer1"  # a named layer wins

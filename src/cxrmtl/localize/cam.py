@@ -39,20 +39,39 @@ class TaskOutput(nn.Module):
         return out.unsqueeze(1) if out.ndim == 1 else out
 
 
-def _timm_feature_layer(model: nn.Module) -> nn.Module | None:
-    """The last feature stage a timm backbone declares in ``feature_info`` (e.g. DenseNet's ``features.norm5``)."""
+def _feature_stages(model: nn.Module) -> list[tuple[nn.Module, int]]:
+    """(module, reduction) of every feature stage a timm backbone declares in ``feature_info``, shallow to deep."""
     for module in model.modules():
         info = getattr(module, "feature_info", None)
         if not info:
             continue
-        last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
-        name = last.get("module") if isinstance(last, dict) else None
-        if name:
+        entries = info if isinstance(info, list) else info.get_dicts()
+        stages = []
+        for entry in entries:
+            name = entry.get("module") if isinstance(entry, dict) else None
+            if not name:
+                continue
             try:
-                return module.get_submodule(name)
+                stages.append((module.get_submodule(name), int(entry.get("reduction", 0))))
             except AttributeError:
                 continue
-    return None
+        if stages:
+            return stages
+    return []
+
+
+def _timm_feature_layer(model: nn.Module, *, image_size: int | None = None, min_side: int = 0) -> nn.Module | None:
+    """The deepest timm feature stage whose map has at least ``min_side`` cells a side at ``image_size`` (e.g.
+    DenseNet's ``features.norm5`` or, for a 128 px ResNet and ``min_side=8``, ``layer3``); the last stage when no
+    size is given or none is fine enough."""
+    stages = _feature_stages(model)
+    if not stages:
+        return None
+    if image_size and min_side:
+        fine = [m for m, reduction in stages if reduction and image_size // reduction >= min_side]
+        if fine:
+            return fine[-1]
+    return stages[-1][0]
 
 
 def _last_conv(model: nn.Module) -> nn.Module | None:
@@ -60,19 +79,26 @@ def _last_conv(model: nn.Module) -> nn.Module | None:
     return convs[-1] if convs else None
 
 
+def _last_conv_any(model: nn.Module, **_: object) -> nn.Module | None:
+    return _last_conv(model)
+
+
 # Tried in order; the first that finds a layer wins.
-TARGET_LAYER_RESOLVERS: tuple[Callable[[nn.Module], nn.Module | None], ...] = (_timm_feature_layer, _last_conv)
+TARGET_LAYER_RESOLVERS: tuple[Callable[..., nn.Module | None], ...] = (_timm_feature_layer, _last_conv_any)
 
 
-def resolve_target_layer(model: nn.Module, *, layer: str | None = None) -> nn.Module:
-    """The module whose activations Grad-CAM weighs: ``layer`` (a dotted name) or the resolvers' choice."""
+def resolve_target_layer(
+    model: nn.Module, *, layer: str | None = None, image_size: int | None = None, min_side: int = 0
+) -> nn.Module:
+    """The module whose activations the CAM weighs: ``layer`` (a dotted name) or the resolvers' choice, which is
+    the deepest feature stage with at least ``min_side`` cells a side at ``image_size`` (0: the last stage)."""
     if layer is not None:
         try:
             return model.get_submodule(layer)
         except AttributeError as exc:
             raise EvaluationError(f"target layer: the model has no submodule {layer!r}") from exc
     for resolver in TARGET_LAYER_RESOLVERS:
-        found = resolver(model)
+        found = resolver(model, image_size=image_size, min_side=min_side)
         if found is not None:
             return found
     raise EvaluationError("target layer: the model has no 2-D convolution or timm feature stage to take a CAM from")
@@ -111,9 +137,9 @@ def cam_class(method: str) -> type:
     return CAM_METHODS[method]()
 
 
-def layer_name(model: nn.Module, *, layer: str | None = None) -> str:
+def layer_name(model: nn.Module, *, layer: str | None = None, image_size: int | None = None, min_side: int = 0) -> str:
     """The dotted name of the module ``resolve_target_layer`` picks (for reports)."""
-    target = resolve_target_layer(model, layer=layer)
+    target = resolve_target_layer(model, layer=layer, image_size=image_size, min_side=min_side)
     return next((name for name, module in model.named_modules() if module is target), layer or "")
 
 
@@ -125,6 +151,7 @@ def grad_cam(
     columns: Sequence[int],
     layer: str | None = None,
     method: str = DEFAULT_CAM,
+    min_side: int = 0,
 ) -> np.ndarray:
     """CAM maps (B, H, W) in [0, 1] at the input size; row b explains ``model(x)[task][b, columns[b]]``.
 
@@ -140,7 +167,7 @@ def grad_cam(
     if len(columns) != images.shape[0]:
         raise EvaluationError(f"columns: {len(columns)} target columns for a batch of {images.shape[0]} images")
     wrapped = TaskOutput(model, task)
-    target_layer = resolve_target_layer(model, layer=layer)
+    target_layer = resolve_target_layer(model, layer=layer, image_size=int(images.shape[-1]), min_side=min_side)
     device = next(model.parameters()).device
     was_training = model.training
     try:
