@@ -60,7 +60,8 @@ def test_grad_cam_box_lands_on_the_bright_square() -> None:
 
 def test_grad_cam_negative_weight_points_away_from_the_square_and_single_output_tasks_work() -> None:
     model = BlobNet()
-    maps = grad_cam(model, _images(), task="findings", columns=[1, 1])  # weight -1: the square argues against it
+    # weight -1: the square argues against it (Grad-CAM's spatially averaged gradient, named explicitly)
+    maps = grad_cam(model, _images(), task="findings", columns=[1, 1], method="gradcam")
     # The CAM layer is the conv (before the ReLU): background activations are negative, so with a negative channel
     # weight the background is the positive evidence and the square is exactly zero.
     assert np.all(maps[0, 4:12, 20:28] == 0) and maps[0, 0, 0] == pytest.approx(1.0, abs=1e-5)
