@@ -108,7 +108,7 @@ def before_after(loaded, cache, index, *, before: tuple[str, str], after: tuple[
             matched = list(iobb(pred, p.gt).max(axis=1) > 0.5) if len(pred) else []
             tile = render_overlay(image, heat, gt=p.gt, pred=pred, matched=matched, title=p.finding[:12])
             tiles.append(cv2.resize(tile, (160, 160), interpolation=cv2.INTER_AREA))
-        label = np.zeros((160, 24, 3), np.uint8)
+        label = np.zeros((160, 52, 3), np.uint8)
         cv2.putText(label, "before" if not rows else "after", (4, 150), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (255, 255, 255), 1, cv2.LINE_AA)
         rows.append(np.hstack([label, *tiles]))
