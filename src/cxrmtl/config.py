@@ -77,6 +77,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    # warm-up as a fraction of the run's optimizer steps (0 = use warmup_steps): scales with epochs and batch size,
+    # like one-cycle's pct_start (0.2 in bench/learnability.py; bench/bench_recipe.py measured it, BENCHMARKS.md)
+    warmup_fraction: float = 0.0
     min_lr_ratio: float = 0.01
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     # lr of weighting parameters (uncertainty's log-variances); 0 = same as lr. At a network lr (1e-4..3e-3) they
@@ -413,6 +416,7 @@ _CHECKS: tuple[tuple[str, Any, str], ...] = (
     ("optim.lr", lambda c: c.optim.lr > 0, "must be > 0"),
     ("optim.weight_decay", lambda c: c.optim.weight_decay >= 0, "must be >= 0"),
     ("optim.warmup_steps", lambda c: c.optim.warmup_steps >= 0, "must be >= 0"),
+    ("optim.warmup_fraction", lambda c: 0.0 <= c.optim.warmup_fraction < 1.0, "must be in [0, 1)"),
     ("optim.min_lr_ratio", lambda c: 0.0 <= c.optim.min_lr_ratio <= 1.0, "must be in [0, 1]"),
     ("optim.grad_clip", lambda c: c.optim.grad_clip >= 0, "must be >= 0"),
     ("augment.scale", lambda c: 0 < c.augment.scale[0] <= c.augment.scale[1] <= 1, "must be 0 < lo <= hi <= 1"),

@@ -180,6 +180,15 @@ WANG_IOBB05_ACCURACY: dict[str, float] = {
 }
 # The overlap threshold at which the gallery calls a heatmap a hit (the one Wang et al. tabulate).
 LOC_GALLERY_IOBB: float = 0.5
+# Class-activation-map methods `cxrmtl localize --cam` offers (localize.cam.CAM_METHODS) and the default, chosen on
+# the phantom's boxes (docs/localization.md, BENCHMARKS.md).
+LOC_CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam")
+LOC_DEFAULT_CAM: str = "hirescam"
+# Default CAM layer: the deepest backbone stage whose map has at least this many cells a side at the run's input size
+# (a 4 x 4 map cannot draw a box around a finding covering 1-6 % of the image; measured on the phantom, BENCHMARKS.md).
+# Wang et al. 2017 took theirs from a 32 x 32 map (ResNet-50 at 1024 px with a transition layer).
+LOC_CAM_MIN_SIDE: int = 8
+LOC_CAM_TITLES: dict[str, str] = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}
 # Ablation: seeds per variant on the phantom (issue 5: at least 3) and the weighting methods the harness compares.
 ABLATION_DEFAULT_SEEDS: int = 3
 ABLATION_WEIGHTINGS: tuple[str, ...] = ("equal", "uncertainty", "dwa", "gradnorm", "pcgrad")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -59,7 +60,8 @@ def test_grad_cam_box_lands_on_the_bright_square() -> None:
 
 def test_grad_cam_negative_weight_points_away_from_the_square_and_single_output_tasks_work() -> None:
     model = BlobNet()
-    maps = grad_cam(model, _images(), task="findings", columns=[1, 1])  # weight -1: the square argues against it
+    # weight -1: the square argues against it (Grad-CAM's spatially averaged gradient, named explicitly)
+    maps = grad_cam(model, _images(), task="findings", columns=[1, 1], method="gradcam")
     # The CAM layer is the conv (before the ReLU): background activations are negative, so with a negative channel
     # weight the background is the positive evidence and the square is exactly zero.
     assert np.all(maps[0, 4:12, 20:28] == 0) and maps[0, 0, 0] == pytest.approx(1.0, abs=1e-5)
@@ -110,3 +112,50 @@ def test_resolver_falls_back_to_last_conv_and_fails_clearly() -> None:
     assert resolve_target_layer(model) is model.conv
     with pytest.raises(EvaluationError, match="no 2-D convolution"):
         resolve_target_layer(nn.Sequential(nn.Linear(2, 2)))
+
+
+class ReluBlobNet(BlobNet):
+    """BlobNet with the ReLU as a module, so the CAM can be taken after it: Grad-CAM++'s weights assume
+    non-negative activations (Chattopadhay et al. 2018), as a ResNet stage's output is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.act(self.conv(x)).mean(dim=(2, 3))
+        return {name: head(pooled).squeeze(-1) if name == "age" else head(pooled) for name, head in self.heads.items()}
+
+
+@pytest.mark.parametrize("method", labels.LOC_CAM_METHODS)
+def test_every_cam_method_finds_the_bright_square_and_points_into_it(method: str) -> None:
+    from cxrmtl.localize.localization import heatmap_peak, point_in_boxes
+
+    maps = grad_cam(ReluBlobNet(), _images(), task="findings", columns=[0, 2], method=method, layer="act")
+    assert maps.shape == (2, 32, 32)
+    truth = [np.array([[20, 4, 8, 8]]), np.array([[2, 16, 8, 14]])]
+    for heat, gt in zip(maps, truth, strict=True):
+        assert point_in_boxes(heatmap_peak(heat), gt)
+        case = LocalizationCase(image="x.png", finding="Mass", pred=heatmap_to_boxes(heat), gt=gt)
+        assert evaluate_localization([case], kind="iobb", thresholds=[0.5])["accuracy"].tolist() == [1.0]
+
+
+def test_cam_registry_matches_the_cli_choices_and_refuses_unknown_methods() -> None:
+    from cxrmtl.localize.cam import CAM_METHODS, DEFAULT_CAM
+
+    assert tuple(CAM_METHODS) == labels.LOC_CAM_METHODS and DEFAULT_CAM in CAM_METHODS
+    assert set(labels.LOC_CAM_TITLES) == set(CAM_METHODS)
+    with pytest.raises(EvaluationError, match="unknown method 'scorecam'"):
+        grad_cam(BlobNet(), _images(), task="findings", columns=[0, 0], method="scorecam")
+
+
+def test_default_layer_is_the_deepest_stage_fine_enough_for_a_box() -> None:
+    from cxrmtl.localize.cam import layer_name
+
+    net = timm.create_model("resnet18", num_classes=0, in_chans=1)
+    assert layer_name(net) == "layer4"  # no size: the last stage, as before
+    assert layer_name(net, image_size=128, min_side=8) == "layer3"  # 128 / 16 = 8 cells a side
+    assert layer_name(net, image_size=128, min_side=16) == "layer2"
+    assert layer_name(net, image_size=512, min_side=8) == "layer4"  # 512 / 32 = 16: the last stage is fine enough
+    assert layer_name(net, image_size=16, min_side=64) == "layer4"  # nothing fine enough: the last stage
+    assert layer_name(net, layer="layer1", image_size=128, min_side=8) == "layer1"  # a named layer wins

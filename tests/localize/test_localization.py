@@ -244,3 +244,27 @@ def test_ground_truth_boxes_on_real_bbox_list(nih_file) -> None:
     assert {finding for _, finding in gt} == set(labels.BBOX_FINDINGS)
     allboxes = np.concatenate(list(gt.values()))
     assert (allboxes[:, 0] >= 0).all() and (allboxes[:, 0] + allboxes[:, 2] <= 224 + 1e-6).all()
+
+
+def test_pointing_game_on_hand_made_heatmaps() -> None:
+    from cxrmtl.localize.localization import heatmap_peak, point_in_boxes, pointing_game
+
+    heat = np.zeros((16, 16))
+    heat[3, 10] = 1.0  # maximum at row 3, column 10 -> pixel centre (10.5, 3.5)
+    assert heatmap_peak(heat) == (10.5, 3.5)
+    assert heatmap_peak(np.ones((4, 4))) is None  # flat: no peak, a miss
+    inside, outside = np.array([[8.0, 2.0, 4.0, 4.0]]), np.array([[0.0, 8.0, 4.0, 4.0]])
+    assert point_in_boxes((10.5, 3.5), inside) and not point_in_boxes((10.5, 3.5), outside)
+    assert point_in_boxes((12.0, 6.0), inside)  # edges count
+    assert not point_in_boxes(None, inside)
+    cases = [
+        LocalizationCase(image="a.png", finding="Mass", pred=np.zeros((0, 4)), gt=inside, peak=heatmap_peak(heat)),
+        LocalizationCase(image="b.png", finding="Mass", pred=np.zeros((0, 4)), gt=outside, peak=heatmap_peak(heat)),
+        LocalizationCase(image="c.png", finding="Cardiomegaly", pred=np.zeros((0, 4)), gt=inside, peak=None),
+        LocalizationCase(image="d.png", finding="Mass", pred=np.zeros((0, 4)), gt=np.vstack([outside, inside]),
+                         peak=(9.0, 5.0)),
+    ]
+    table = pointing_game(cases)
+    assert table["finding"].tolist() == ["Cardiomegaly", "Mass"]  # canonical order
+    assert table["hits"].tolist() == [0, 2] and table["cases"].tolist() == [1, 3]
+    assert table["hit_rate"].tolist() == pytest.approx([0.0, 2 / 3])

@@ -67,7 +67,13 @@ def test_localize_run_scores_every_boxed_test_case_and_draws_the_gallery(tiny_ru
     doc = json.loads(paths["json"].read_text())
     assert doc["cases"] == len(expected) and doc["heatmap_thresholds"] == [60, 180]
     section = load_section(paths["section"])
-    assert section.title == "Localisation (Grad-CAM)" and len(section.figures) >= 1 and "<table" in section.html
+    title = labels.LOC_CAM_TITLES[labels.LOC_DEFAULT_CAM]
+    assert section.title == f"Localisation ({title})" and len(section.figures) >= 1 and "<table" in section.html
+    assert "Pointing game" in section.html and doc["cam"] == labels.LOC_DEFAULT_CAM
+    hits = {row["finding"]: row for row in doc["pointing_game"]}
+    assert list(hits) == boxed and all(0 <= row["hit_rate"] <= 1 for row in hits.values())
+    assert sum(row["cases"] for row in hits.values()) == len(expected)
+    assert 0 <= doc["mean_iobb_0.5"]["accuracy"] <= 1
     text = paths["markdown"].read_text()  # the phantom folder is detected: banner, no paper column beside ours
     assert "> **PHANTOM DATA" in text and "Wang 2017 @0.5" not in text and doc["data"]["kind"] == "phantom"
 
@@ -86,6 +92,14 @@ def test_localize_command_writes_into_the_run(tiny_run) -> None:
     assert sum(1 for _ in (out / "gallery").rglob("*.png")) >= 1
     bad = CliRunner().invoke(app, ["localize", str(run), "--data", str(root), "--split", "holdout"])
     assert bad.exit_code == 2 and "holdout" in bad.output  # --split is a choice: a usage error before any work
+    hires = CliRunner().invoke(app, ["localize", str(run), "--data", str(root), "--cache", str(cache_dir),
+                                     "--gallery", "0", "--cam", "hirescam", "--out", str(run / "hires")])
+    assert hires.exit_code == 0, hires.output
+    doc = json.loads((run / "hires" / "localization.json").read_text())
+    assert doc["cam"] == "hirescam" and "# Localisation (HiResCAM)" in hires.output
+    assert "## Pointing game" in hires.output
+    unknown = CliRunner().invoke(app, ["localize", str(run), "--data", str(root), "--cam", "scorecam"])
+    assert unknown.exit_code == 2 and "scorecam" in unknown.output  # --cam is a choice too
 
 
 def test_pending_cases_follow_the_head_outputs(tiny_run) -> None:

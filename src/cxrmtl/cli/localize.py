@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
+from cxrmtl import labels
 from cxrmtl.cli._options import Checkpoint, Device, Split, checkpoint_option, device_option
+
+CamMethod = Literal[labels.LOC_CAM_METHODS]  # type: ignore[valid-type]  # == cxrmtl.localize.cam.CAM_METHODS
 
 ORDER = 55
 
@@ -22,6 +26,8 @@ def localize_command(
         False, "--allow-data-mismatch", help="Localise on --data other than the run's on purpose."),
     which: Checkpoint = checkpoint_option(),
     layer: str | None = typer.Option(None, "--layer", help="Module to take the CAM from (default: last stage)."),
+    cam: CamMethod = typer.Option(labels.LOC_DEFAULT_CAM, "--cam",
+                                  help="Heatmap method: gradcam, gradcam++ or hirescam (docs/localization.md)."),
     gallery: int = typer.Option(8, "--gallery", min=0, help="Overlay PNGs per kind (hit, false positive, miss)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per Grad-CAM pass."),
     device: Device = device_option(),
@@ -39,7 +45,7 @@ def localize_command(
     rd = open_run_data(run, data=loaded.config.data, data_root=data, cache_dir=cache,
                        allow_data_mismatch=allow_data_mismatch)
     out = out or run / "eval" / split / "localization"
-    result = localize_run(loaded, rd.cache, rd.index, split=split, batch_size=batch_size, layer=layer,
+    result = localize_run(loaded, rd.cache, rd.index, split=split, batch_size=batch_size, layer=layer, cam=cam,
                           gallery_dir=out / "gallery" if gallery else None, gallery_per_kind=gallery)
     paths = write_outputs(result, out)
     typer.echo(paths["markdown"].read_text(encoding="utf-8"))

@@ -1,4 +1,8 @@
-"""Grad-CAM heatmaps for one output of one task of a multitask network, through ``pytorch-grad-cam``.
+"""Class activation maps (Grad-CAM, Grad-CAM++, HiResCAM) for one output of one task of a multitask network.
+
+The maps come from ``pytorch-grad-cam``; ``CAM_METHODS`` names the methods a user can pick (``cxrmtl localize
+--cam``), ``DEFAULT_CAM`` is the one measured best on the phantom's boxes (bench/bench_localization.py,
+docs/localization.md).
 
 ``MultiTaskNet.forward`` returns a dict keyed by task; Grad-CAM wants a model that returns one tensor. ``TaskOutput``
 wraps the network so that it returns ``model(x)[task]`` and ``ClassifierOutputTarget(j)`` then picks column j, i.e.
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrmtl import labels
 from cxrmtl.errors import EvaluationError
 
 
@@ -34,20 +39,39 @@ class TaskOutput(nn.Module):
         return out.unsqueeze(1) if out.ndim == 1 else out
 
 
-def _timm_feature_layer(model: nn.Module) -> nn.Module | None:
-    """The last feature stage a timm backbone declares in ``feature_info`` (e.g. DenseNet's ``features.norm5``)."""
+def _feature_stages(model: nn.Module) -> list[tuple[nn.Module, int]]:
+    """(module, reduction) of every feature stage a timm backbone declares in ``feature_info``, shallow to deep."""
     for module in model.modules():
         info = getattr(module, "feature_info", None)
         if not info:
             continue
-        last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
-        name = last.get("module") if isinstance(last, dict) else None
-        if name:
+        entries = info if isinstance(info, list) else info.get_dicts()
+        stages = []
+        for entry in entries:
+            name = entry.get("module") if isinstance(entry, dict) else None
+            if not name:
+                continue
             try:
-                return module.get_submodule(name)
+                stages.append((module.get_submodule(name), int(entry.get("reduction", 0))))
             except AttributeError:
                 continue
-    return None
+        if stages:
+            return stages
+    return []
+
+
+def _timm_feature_layer(model: nn.Module, *, image_size: int | None = None, min_side: int = 0) -> nn.Module | None:
+    """The deepest timm feature stage whose map has at least ``min_side`` cells a side at ``image_size`` (e.g.
+    DenseNet's ``features.norm5`` or, for a 128 px ResNet and ``min_side=8``, ``layer3``); the last stage when no
+    size is given or none is fine enough."""
+    stages = _feature_stages(model)
+    if not stages:
+        return None
+    if image_size and min_side:
+        fine = [m for m, reduction in stages if reduction and image_size // reduction >= min_side]
+        if fine:
+            return fine[-1]
+    return stages[-1][0]
 
 
 def _last_conv(model: nn.Module) -> nn.Module | None:
@@ -55,22 +79,68 @@ def _last_conv(model: nn.Module) -> nn.Module | None:
     return convs[-1] if convs else None
 
 
+def _last_conv_any(model: nn.Module, **_: object) -> nn.Module | None:
+    return _last_conv(model)
+
+
 # Tried in order; the first that finds a layer wins.
-TARGET_LAYER_RESOLVERS: tuple[Callable[[nn.Module], nn.Module | None], ...] = (_timm_feature_layer, _last_conv)
+TARGET_LAYER_RESOLVERS: tuple[Callable[..., nn.Module | None], ...] = (_timm_feature_layer, _last_conv_any)
 
 
-def resolve_target_layer(model: nn.Module, *, layer: str | None = None) -> nn.Module:
-    """The module whose activations Grad-CAM weighs: ``layer`` (a dotted name) or the resolvers' choice."""
+def resolve_target_layer(
+    model: nn.Module, *, layer: str | None = None, image_size: int | None = None, min_side: int = 0
+) -> nn.Module:
+    """The module whose activations the CAM weighs: ``layer`` (a dotted name) or the resolvers' choice, which is
+    the deepest feature stage with at least ``min_side`` cells a side at ``image_size`` (0: the last stage)."""
     if layer is not None:
         try:
             return model.get_submodule(layer)
         except AttributeError as exc:
             raise EvaluationError(f"target layer: the model has no submodule {layer!r}") from exc
     for resolver in TARGET_LAYER_RESOLVERS:
-        found = resolver(model)
+        found = resolver(model, image_size=image_size, min_side=min_side)
         if found is not None:
             return found
     raise EvaluationError("target layer: the model has no 2-D convolution or timm feature stage to take a CAM from")
+
+
+def _gradcam() -> type:
+    from pytorch_grad_cam import GradCAM
+
+    return GradCAM
+
+
+def _gradcam_pp() -> type:
+    from pytorch_grad_cam import GradCAMPlusPlus
+
+    return GradCAMPlusPlus
+
+
+def _hirescam() -> type:
+    from pytorch_grad_cam import HiResCAM
+
+    return HiResCAM
+
+
+# Registry: name -> loader of the pytorch-grad-cam class (imported lazily: the package pulls in OpenCV).
+# Grad-CAM: Selvaraju et al., ICCV 2017 (channel weights = spatial mean of the gradient); Grad-CAM++: Chattopadhay
+# et al., WACV 2018 (higher-order weights, several instances); HiResCAM: Draelos & Carin 2020 (gradient times
+# activation element-wise, no spatial averaging: faithful to what the logit used at each position).
+CAM_METHODS: dict[str, Callable[[], type]] = {"gradcam": _gradcam, "gradcam++": _gradcam_pp, "hirescam": _hirescam}
+DEFAULT_CAM = labels.LOC_DEFAULT_CAM
+
+
+def cam_class(method: str) -> type:
+    """The pytorch-grad-cam class of ``method`` (a ``CAM_METHODS`` name)."""
+    if method not in CAM_METHODS:
+        raise EvaluationError(f"cam: unknown method {method!r}; expected one of {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[method]()
+
+
+def layer_name(model: nn.Module, *, layer: str | None = None, image_size: int | None = None, min_side: int = 0) -> str:
+    """The dotted name of the module ``resolve_target_layer`` picks (for reports)."""
+    target = resolve_target_layer(model, layer=layer, image_size=image_size, min_side=min_side)
+    return next((name for name, module in model.named_modules() if module is target), layer or "")
 
 
 def grad_cam(
@@ -80,26 +150,28 @@ def grad_cam(
     task: str,
     columns: Sequence[int],
     layer: str | None = None,
+    method: str = DEFAULT_CAM,
+    min_side: int = 0,
 ) -> np.ndarray:
-    """Grad-CAM maps (B, H, W) in [0, 1] at the input size; row b explains ``model(x)[task][b, columns[b]]``.
+    """CAM maps (B, H, W) in [0, 1] at the input size; row b explains ``model(x)[task][b, columns[b]]``.
 
-    ``images`` is the float input the network expects (``data.loader.normalize`` of the uint8 cache pixels, with
-    the run's ``data.pixel_mean``/``pixel_std``). Each map is min-max scaled by
-    pytorch-grad-cam; a map that is zero everywhere means the gradient had no positive evidence.
+    ``method`` is a ``CAM_METHODS`` name. ``images`` is the float input the network expects
+    (``data.loader.normalize`` of the uint8 cache pixels, with the run's ``data.pixel_mean``/``pixel_std``). Each
+    map is min-max scaled by pytorch-grad-cam; a map that is zero everywhere means no positive evidence.
     """
-    from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    cam_type = cam_class(method)
     if images.ndim != 4:
         raise EvaluationError(f"images: expected a (B, C, H, W) batch, got {tuple(images.shape)}")
     if len(columns) != images.shape[0]:
         raise EvaluationError(f"columns: {len(columns)} target columns for a batch of {images.shape[0]} images")
     wrapped = TaskOutput(model, task)
-    target_layer = resolve_target_layer(model, layer=layer)
+    target_layer = resolve_target_layer(model, layer=layer, image_size=int(images.shape[-1]), min_side=min_side)
     device = next(model.parameters()).device
     was_training = model.training
     try:
-        with torch.enable_grad(), GradCAM(model=wrapped, target_layers=[target_layer]) as cam:
+        with torch.enable_grad(), cam_type(model=wrapped, target_layers=[target_layer]) as cam:
             _check_columns(wrapped, images.to(device), columns)
             maps = cam(input_tensor=images.to(device), targets=[ClassifierOutputTarget(int(j)) for j in columns])
     finally:

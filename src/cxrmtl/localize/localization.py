@@ -5,8 +5,11 @@ A class heatmap (Grad-CAM, see ``localize/cam.py``) becomes boxes: normalise it 
 map. A predicted box is correct when its overlap with a ground-truth box of the same finding on the same image is
 strictly above T, the overlap being IoBB (intersection over the predicted box's area, Wang's measure) or IoU.
 Accuracy is the fraction of (image, finding) cases with at least one correct box; the average false positives per
-image (AFP) counts predicted boxes that match no ground-truth box. This module is plain numpy: the heatmaps may
-come from any source, which is what lets the tests check exact accuracies on synthetic maps.
+image (AFP) counts predicted boxes that match no ground-truth box. Next to Wang's protocol (kept unchanged so the
+numbers stay comparable), the pointing game (Zhang et al., "Top-down neural attention by excitation backprop",
+ECCV 2016) asks the question a reader of a heatmap asks: is the map's maximum inside a true box? This module is
+plain numpy: the heatmaps may come from any source, which is what lets the tests check exact accuracies on synthetic
+maps.
 """
 
 from __future__ import annotations
@@ -74,6 +77,39 @@ def heatmap_to_boxes(
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
+def heatmap_peak(heatmap: np.ndarray) -> tuple[float, float] | None:
+    """(x, y) of the centre of the heatmap's maximum pixel (first one in row-major order); None for a flat map."""
+    arr = np.asarray(heatmap, dtype=np.float64)
+    if normalise_heatmap(arr) is None:
+        return None
+    row, col = np.unravel_index(int(np.argmax(arr)), arr.shape)
+    return float(col) + 0.5, float(row) + 0.5
+
+
+def point_in_boxes(point: tuple[float, float] | None, boxes: np.ndarray) -> bool:
+    """Whether ``point`` (x, y) lies inside any x, y, w, h box (edges included); False for no point."""
+    if point is None:
+        return False
+    arr = _check_boxes(boxes, field="boxes")
+    x, y = point
+    inside = (arr[:, 0] <= x) & (x <= arr[:, 0] + arr[:, 2]) & (arr[:, 1] <= y) & (y <= arr[:, 1] + arr[:, 3])
+    return bool(inside.any())
+
+
+def pointing_game(cases: Iterable[LocalizationCase]) -> pd.DataFrame:
+    """Pointing-game hit rate per finding: columns finding, hits, cases, hit_rate (canonical finding order).
+
+    A hit is a case whose heatmap maximum (``LocalizationCase.peak``) lies inside one of its true boxes; a flat map
+    (no peak) is a miss. Zhang et al. (ECCV 2016) allow a 15-pixel tolerance at 224 px; here none (strict).
+    """
+    by_finding: dict[str, list[bool]] = {}
+    for case in cases:
+        by_finding.setdefault(case.finding, []).append(point_in_boxes(case.peak, case.gt))
+    rows = [{"finding": f, "hits": int(sum(by_finding[f])), "cases": len(by_finding[f]),
+             "hit_rate": float(np.mean(by_finding[f]))} for f in labels.FINDINGS if f in by_finding]
+    return pd.DataFrame(rows, columns=["finding", "hits", "cases", "hit_rate"])
+
+
 def scale_boxes(boxes: np.ndarray, *, from_size: tuple[float, float], to_size: tuple[float, float]) -> np.ndarray:
     """Rescale x, y, w, h boxes from an image of (width, height) ``from_size`` to one of ``to_size``.
 
@@ -127,6 +163,7 @@ class LocalizationCase:
     finding: str
     pred: np.ndarray
     gt: np.ndarray
+    peak: tuple[float, float] | None = None  # (x, y) of the heatmap's maximum, pixel centre; None: flat map
 
     def __post_init__(self) -> None:
         if self.finding not in labels.FINDING_INDEX:
@@ -288,6 +325,22 @@ def accuracy_table(
     if iobb_result.empty:
         return "_no localisation cases (no ground-truth boxes among the evaluated images)_\n"
     return _markdown(*accuracy_rows(iobb_result, reference=reference))
+
+
+def pointing_rows(pointing: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the pointing game: hit rate per finding and the mean over the findings."""
+    rows = [[str(r.finding), str(int(r.cases)), str(int(r.hits)), f"{r.hit_rate:.3f}"] for r in pointing.itertuples()]
+    if len(pointing):
+        rows.append(["mean over findings", str(int(pointing["cases"].sum())), str(int(pointing["hits"].sum())),
+                     f"{pointing['hit_rate'].mean():.3f}"])
+    return ["finding", "cases", "hits", "hit rate"], rows
+
+
+def pointing_table(pointing: pd.DataFrame) -> str:
+    """Markdown of ``pointing_rows``."""
+    if pointing.empty:
+        return "_no localisation cases_\n"
+    return _markdown(*pointing_rows(pointing))
 
 
 def iou_table(iou_result: pd.DataFrame) -> str:

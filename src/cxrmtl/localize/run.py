@@ -31,11 +31,15 @@ from cxrmtl.localize.localization import (
     case_outcome,
     evaluate_localization,
     ground_truth_boxes,
+    heatmap_peak,
     heatmap_to_boxes,
     image_sizes,
     iobb,
     iou_rows,
     iou_table,
+    pointing_game,
+    pointing_rows,
+    pointing_table,
 )
 
 # Gallery kinds: name -> test on (localised, false positives) at the gallery threshold.
@@ -67,6 +71,21 @@ class LocalizationResult:
     skipped: int  # boxed images of the split left out: file missing or unreadable, or boxes outside the crop
     gallery: dict[str, list[str]] = field(default_factory=dict)
     data: DataDescription | None = None  # what the split's readable images are (phantom, subset, official)
+    pointing: pd.DataFrame | None = None  # pointing game per finding (localization.pointing_game)
+    cam: str = labels.LOC_DEFAULT_CAM  # localize.cam.CAM_METHODS name the heatmaps came from
+    layer: str = ""  # module the CAM was taken from
+
+    @property
+    def mean_iobb05(self) -> float | None:
+        """Mean over the boxed findings of the accuracy at T(IoBB) = 0.5 (None without cases)."""
+        at = self.iobb[self.iobb["threshold"] == 0.5] if not self.iobb.empty else self.iobb
+        return float(at["accuracy"].mean()) if len(at) else None
+
+    @property
+    def mean_afp05(self) -> float | None:
+        """Mean over the boxed findings of the false boxes per case at T(IoBB) = 0.5."""
+        at = self.iobb[self.iobb["threshold"] == 0.5] if not self.iobb.empty else self.iobb
+        return float(at["afp"].mean()) if len(at) else None
 
     @property
     def comparable(self) -> bool:
@@ -83,6 +102,10 @@ class LocalizationResult:
             "heatmap_thresholds": list(labels.LOC_HEATMAP_THRESHOLDS),
             "iobb": self.iobb.to_dict(orient="records"),
             "iou": self.iou.to_dict(orient="records"),
+            "cam": self.cam,
+            "layer": self.layer,
+            "mean_iobb_0.5": {"accuracy": self.mean_iobb05, "afp": self.mean_afp05},
+            "pointing_game": self.pointing.to_dict(orient="records") if self.pointing is not None else [],
             "wang2017_iobb_0.5": dict(labels.WANG_IOBB05_ACCURACY) if self.comparable else None,
             "gallery": self.gallery,
         }
@@ -119,15 +142,18 @@ def localize_run(
     split: str = "test",
     batch_size: int = 16,
     layer: str | None = None,
+    cam: str = labels.LOC_DEFAULT_CAM,
     gallery_dir: Path | None = None,
     gallery_per_kind: int = 8,
 ) -> LocalizationResult:
-    """Grad-CAM, boxes and Wang-style scores for every boxed image of ``split``; PNGs into ``gallery_dir``."""
+    """CAM (``cam``: a ``CAM_METHODS`` name), boxes, Wang-style scores and the pointing game for every boxed image
+    of ``split``; PNGs into ``gallery_dir``."""
     import torch
 
     from cxrmtl.data.loader import normalize
-    from cxrmtl.localize.cam import grad_cam
+    from cxrmtl.localize.cam import cam_class, grad_cam, layer_name
 
+    cam_class(cam)  # an unknown method fails before any work
     if batch_size < 1:
         raise EvaluationError(f"batch_size: must be at least 1, got {batch_size}")
     task = _findings_task(loaded.labels)
@@ -139,14 +165,18 @@ def localize_run(
         chunk = pending[start : start + batch_size]
         pixels = np.stack([np.asarray(cache.images[p.cache_row]) for p in chunk])
         x = normalize(torch.from_numpy(pixels).unsqueeze(1), mean=cfg.pixel_mean, std=cfg.pixel_std)
-        maps = grad_cam(loaded.model, x, task=task, columns=[p.column for p in chunk], layer=layer)
+        maps = grad_cam(loaded.model, x, task=task, columns=[p.column for p in chunk], layer=layer, method=cam,
+                        min_side=labels.LOC_CAM_MIN_SIDE)
         for p, image, heat in zip(chunk, pixels, maps, strict=True):
-            case = LocalizationCase(image=p.image, finding=p.finding, pred=heatmap_to_boxes(heat), gt=p.gt)
+            case = LocalizationCase(image=p.image, finding=p.finding, pred=heatmap_to_boxes(heat), gt=p.gt,
+                                    peak=heatmap_peak(heat))
             cases.append(case)
             gallery.offer(case, image, heat)
     return LocalizationResult(split=split, task=task, cases=cases, iobb=evaluate_localization(cases, kind="iobb"),
                               iou=evaluate_localization(cases, kind="iou"), skipped=skipped, gallery=gallery.files,
-                              data=describe_split(index, cache, split=split))
+                              data=describe_split(index, cache, split=split), pointing=pointing_game(cases),
+                              cam=cam, layer=layer_name(loaded.model, layer=layer, image_size=cache.size,
+                                                         min_side=labels.LOC_CAM_MIN_SIDE))
 
 
 def describe_split(index: Any, cache: Any, *, split: str) -> DataDescription | None:
@@ -191,27 +221,46 @@ def localization_markdown(result: LocalizationResult) -> str:
     wang = ("Wang 2017 @0.5: the 14-class ResNet-50 of ChestX-ray8 (arXiv:1705.02315). " if result.comparable else
             "Wang et al.'s accuracies are not listed: they were measured on the complete official NIH test split. ")
     return "\n".join([
-        "# Localisation (Grad-CAM)",
+        f"# Localisation ({_title(result)})",
         "",
         *banner,
         f"Data: {data.label if data is not None else 'no readable images of this split'}.",
         f"Split `{result.split}`, head `{result.task}`: {len(result.cases)} (image, finding) cases with a true box"
         + (f"; {result.skipped} boxed images left out (missing, unreadable, or boxes outside the cached square)."
            if result.skipped else "."),
-        f"Heatmap -> boxes: normalised to [0, 255], thresholded at {thresholds} (Wang et al. 2017), one box per "
-        "8-connected region. A box is correct when its overlap with a true box is strictly above T.",
+        f"Heatmaps: {_title(result)} from `{result.layer or 'the default layer'}` (`cxrmtl localize --cam`, "
+        f"`--layer`). Heatmap -> boxes: normalised to [0, 255], thresholded at {thresholds} (Wang et al. 2017), one "
+        "box per 8-connected region. A box is correct when its overlap with a true box is strictly above T.",
         "",
         "## Accuracy at T(IoBB)",
         "",
         accuracy_table(result.iobb, reference=reference).rstrip("\n"),
         "",
-        wang + "AFP: false boxes per case.",
+        wang + "AFP: false boxes per case." + _mean_line(result),
+        "",
+        "## Pointing game",
+        "",
+        pointing_table(result.pointing if result.pointing is not None else pointing_game([])).rstrip("\n"),
+        "",
+        "A hit: the heatmap's maximum lies inside a true box of the finding (Zhang et al., ECCV 2016; no tolerance).",
         "",
         "## Accuracy at T(IoU)",
         "",
         iou_table(result.iou).rstrip("\n"),
         "",
     ])
+
+
+def _title(result: LocalizationResult) -> str:
+    return labels.LOC_CAM_TITLES.get(result.cam, result.cam)
+
+
+def _mean_line(result: LocalizationResult) -> str:
+    acc, afp = result.mean_iobb05, result.mean_afp05
+    if acc is None:
+        return ""
+    count = len(result.iobb["finding"].unique())
+    return f" Mean over the {count} boxed findings at T(IoBB)=0.5: accuracy {acc:.3f}, AFP {afp:.2f}."
 
 
 def write_outputs(result: LocalizationResult, out: Path) -> dict[str, Path]:
@@ -243,6 +292,9 @@ def localization_section(result: LocalizationResult, *, gallery_dir: Path | None
     reference = labels.WANG_IOBB05_ACCURACY if result.comparable else None
     for heading, frame, rows_of in (("Accuracy at T(IoBB)", result.iobb,
                                      lambda f: accuracy_rows(f, reference=reference)),
+                                    ("Pointing game (heatmap maximum inside a true box)",
+                                     result.pointing if result.pointing is not None else pointing_game([]),
+                                     pointing_rows),
                                     ("Accuracy at T(IoU), cells: accuracy (AFP)", result.iou, iou_rows)):
         body.append(f"<h3>{html.escape(heading)}</h3>")
         body.append(html_table(*rows_of(frame)) if not frame.empty else "<p>no cases</p>")
@@ -253,6 +305,7 @@ def localization_section(result: LocalizationResult, *, gallery_dir: Path | None
                 png = (gallery_dir / name).read_bytes()
                 figures.append(Figure(caption=f"{kind.replace('_', ' ')}: {Path(name).stem}", png=png,
                                       name=f"loc_{kind}_{Path(name).stem}"))
-    return Section(title="Localisation (Grad-CAM)", markdown=markdown, html="".join(body), figures=tuple(figures),
+    return Section(title=f"Localisation ({_title(result)})", markdown=markdown, html="".join(body),
+                   figures=tuple(figures),
                    note=f"{result.data.label if result.data else 'split ' + result.split}, "
                         f"{len(result.cases)} boxed cases")

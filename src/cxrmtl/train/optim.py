@@ -72,6 +72,10 @@ class WarmupCosine:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, *, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warm-up + cosine over ``total_steps`` optimizer steps (stepped once per optimizer step)."""
-    fn = WarmupCosine(warmup=cfg.warmup_steps, total=total_steps, min_ratio=cfg.min_lr_ratio)
+    """Warm-up + cosine over ``total_steps`` optimizer steps (stepped once per optimizer step).
+
+    The warm-up lasts ``warmup_fraction * total_steps`` steps when that fraction is set, else ``warmup_steps``.
+    """
+    warmup = round(cfg.warmup_fraction * total_steps) if cfg.warmup_fraction > 0 else cfg.warmup_steps
+    fn = WarmupCosine(warmup=warmup, total=total_steps, min_ratio=cfg.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=[fn] * len(optimizer.param_groups))
