@@ -176,3 +176,25 @@ def test_finding_thresholds_from_a_thresholds_object() -> None:
     assert finding_thresholds(thr) == {"Mass": 0.2, "Nodule": None, "Pneumothorax": 0.3}
     assert finding_thresholds(thr, method="sensitivity") == {"Mass": 0.1}
     assert finding_thresholds(None) is None
+
+
+def test_score_result_uses_the_worklists_operating_point_on_the_results_scale() -> None:
+    """predict and serve rank by the rule the simulation measured: the sensitivity point, temperature-mapped."""
+    from cxrmtl.runs.operating import Thresholds, apply_temperature
+    from cxrmtl.triage.urgency import score_result
+
+    operating = Thresholds(
+        methods={"youden": {"findings": {"Pneumothorax": 0.6}}, "sensitivity": {"findings": {"Pneumothorax": 0.2}}},
+        temperatures={"findings": {"Pneumothorax": 2.0}},
+    )
+    raw = 0.3  # above the sensitivity point (0.2), below Youden's (0.6)
+    calibrated = float(apply_temperature(np.array([raw]), 2.0)[0])
+    result = {"findings": {"Pneumothorax": {"probability": calibrated, "threshold": 0.6, "positive": False}},
+              "calibrated": True}
+    urgency = score_result(result, operating)
+    assert urgency.level == "critical" and urgency.positives == ("Pneumothorax",)
+    # The same study on the uncalibrated scale gets the same urgency: calibration changes nothing in the worklist.
+    same = score_result({"findings": {"Pneumothorax": {"probability": raw}}, "calibrated": False}, operating)
+    assert same.level == urgency.level and same.score == pytest.approx(urgency.score)
+    # Without an operating file: probabilities only, never invented thresholds.
+    assert score_result(result, None).basis == "probabilities"

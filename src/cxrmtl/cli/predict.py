@@ -60,17 +60,11 @@ def collect_paths(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def _with_urgency(result: dict[str, Any]) -> dict[str, Any]:
-    """Add ``result["urgency"] = {"score", "level", "top_finding"}`` from the triage rules (cxrmtl.triage)."""
-    try:
-        from cxrmtl.triage.urgency import score_urgency
-    except ModuleNotFoundError as exc:  # the triage package lands with its own branch; predict works without it
-        if exc.name and exc.name.startswith("cxrmtl.triage"):
-            return result
-        raise
-    findings = result.get("findings", {})
-    urgency = score_urgency({n: p["probability"] for n, p in findings.items()},
-                            {n: p["threshold"] for n, p in findings.items()})
+def _with_urgency(result: dict[str, Any], operating: Any) -> dict[str, Any]:
+    """Add ``result["urgency"] = {"score", "level", "top_finding"}``: the worklist's rule (triage.score_result)."""
+    from cxrmtl.triage.urgency import score_result
+
+    urgency = score_result(result, operating)
     return {**result, "urgency": {"score": urgency.score, "level": urgency.level, "top_finding": urgency.top_finding}}
 
 
@@ -81,7 +75,7 @@ def _entries(results: Iterable[Any], heatmaps: Path | None, predictor: Any) -> I
         if item.result is None:
             yield {"path": str(item.path), "error": item.error}
             continue
-        entry = {"path": str(item.path), **_with_urgency(item.result)}
+        entry = {"path": str(item.path), **_with_urgency(item.result, predictor.operating)}
         if heatmaps is not None:
             entry["heatmaps"] = [str(p) for p in _heatmaps(predictor, item, heatmaps, stems)]
         yield entry

@@ -196,7 +196,7 @@ class Service:
         """(result, urgency, width, height) of an upload: decode in the pool, predict in a dynamic batch."""
         image, width, height = await self._decode(self._prepare, upload)
         result = await asyncio.wrap_future(self.batcher.submit(image))
-        return result, urgency_of(result), width, height
+        return result, urgency_of(result, self.predictor.operating), width, height
 
     def _image_json(self, upload: imaging.Upload, width: int, height: int) -> dict[str, Any]:
         return {"format": upload.format, "width": width, "height": height, "sha256": upload.sha256}
@@ -385,14 +385,11 @@ class Service:
                                            float(len(self.predictions)))}
 
 
-def urgency_of(result: dict[str, Any]) -> dict[str, Any]:
-    """The triage urgency of one result dict (calibrated probabilities against the thresholds shown with them)."""
-    from cxrmtl.triage.urgency import score_urgency
+def urgency_of(result: dict[str, Any], operating: Any) -> dict[str, Any]:
+    """The triage urgency of one result dict: the worklist's rule (``triage.urgency.score_result``)."""
+    from cxrmtl.triage.urgency import score_result
 
-    findings = result.get("findings", {})
-    urgency = score_urgency({n: p["probability"] for n, p in findings.items()},
-                            {n: p["threshold"] for n, p in findings.items()})
-    return urgency.to_dict()
+    return score_result(result, operating).to_dict()
 
 
 def worklist_order(records: list[StudyRecord], *, now: float, upper_limit: float | None

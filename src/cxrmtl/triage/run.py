@@ -22,7 +22,7 @@ import numpy as np
 from cxrmtl import labels as L
 from cxrmtl.errors import ConfigError, RunError
 from cxrmtl.triage.simulate import SimulationOptions, StudyPool, pool_from_arrays, run_simulation, summary_json
-from cxrmtl.triage.urgency import UrgencyConfig, default_urgency_config, triage_thresholds
+from cxrmtl.triage.urgency import UrgencyConfig, default_urgency_config, finding_temperature, triage_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,6 @@ class SplitPredictions:
     source: str
 
 
-def _temperature(thresholds: Any, finding: str) -> float | None:
-    for outputs in (getattr(thresholds, "temperatures", None) or {}).values():
-        if outputs.get(finding) is not None:
-            return float(outputs[finding])
-    return None
-
-
 def read_predictions_csv(path: Path, index: Any, thresholds: Any) -> SplitPredictions | None:
     """Evaluation's predictions.csv mapped onto the index; None (with the reason logged) when it cannot be used."""
     import pandas as pd
@@ -110,7 +103,7 @@ def read_predictions_csv(path: Path, index: Any, thresholds: Any) -> SplitPredic
     probs = table[list(names)].to_numpy(dtype=np.float64, copy=True)
     if "calibrated" in table.columns and table["calibrated"].astype(str).str.lower().eq("true").any():
         # Temperature-scaled probabilities: map back to the scale the thresholds were chosen on (T is monotone).
-        temps = [_temperature(thresholds, n) for n in names]
+        temps = [finding_temperature(thresholds, n) for n in names]
         if any(t is None for t in temps):
             log.warning("%s: calibrated probabilities without the run's temperatures; predicting with the model", path)
             return None

@@ -287,3 +287,30 @@ def triage_thresholds(thresholds: Any, config: UrgencyConfig | None = None) -> d
         log.warning("thresholds: no %r operating point recorded; using %r", method, thresholds.default)
         method = thresholds.default
     return finding_thresholds(thresholds, method=method)
+
+
+def finding_temperature(thresholds: Any, finding: str) -> float | None:
+    """The validation temperature of one finding's output (any task that predicts it), or None."""
+    for outputs in (getattr(thresholds, "temperatures", None) or {}).values():
+        if outputs.get(finding) is not None:
+            return float(outputs[finding])
+    return None
+
+
+def score_result(result: Mapping[str, Any], operating: Any, *, config: UrgencyConfig | None = None) -> Urgency:
+    """Urgency of one predict/serve result dict (``infer.results``) at the worklist's operating point.
+
+    The same rule, and the same numbers, the reading-room simulation measured: calibrated probabilities are mapped
+    back through each finding's temperature to the scale the thresholds were chosen on (temperature scaling is
+    monotone), then scored against ``triage_thresholds`` (default: the 90 %-sensitivity point chosen on val).
+    """
+    from cxrmtl.runs.operating import apply_temperature
+
+    findings = result.get("findings", {})
+    probabilities = {name: float(doc["probability"]) for name, doc in findings.items()}
+    if result.get("calibrated"):
+        for name, p in probabilities.items():
+            t = finding_temperature(operating, name)
+            if t is not None:
+                probabilities[name] = float(apply_temperature(np.array([p]), 1.0 / t)[0])
+    return score_urgency(probabilities, triage_thresholds(operating, config), config=config)
