@@ -211,7 +211,9 @@ function renderFindings(s) {
   const calibrated = s.result.calibrated ? "calibrated on validation" : "not calibrated";
   $("findings-note").textContent = method
     ? `Sorted by probability (${calibrated}). Positive = probability at or above the threshold chosen on the ` +
-      `validation split (${method}). Heatmaps: Grad-CAM, where the model looked.`
+      `validation split (${method}). The worklist ranks by urgency at its more sensitive operating point ` +
+      `(90% sensitivity on validation), so a critical finding can rank a study first before its call here is ` +
+      `positive. Heatmaps: class activation maps (HiResCAM), where the model looked.`
     : "This run has no thresholds (run `cxrmtl evaluate`): probabilities only; urgency uses p ≥ 0.5.";
   renderOther(s.result);
 }
@@ -268,7 +270,7 @@ function setHeat(name) {
   layer.onload = () => {
     if (state.heat !== name) return;
     layer.hidden = false;
-    $("image-caption").textContent = `Heatmap: ${findingLabel(name)} (Grad-CAM: where the model looked, not a lesion outline)`;
+    $("image-caption").textContent = `Heatmap: ${findingLabel(name)} (class activation map: where the model looked, not a lesion outline)`;
   };
   layer.onerror = () => {
     if (state.heat !== name) return;
