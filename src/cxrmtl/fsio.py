@@ -71,6 +71,18 @@ def write_json_atomic(path: str | Path, doc: object) -> Path:
     return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
+def read_json_file(path: str | Path, *, error: type[CxrmtlError] = CxrmtlError) -> object | None:
+    """The JSON document in ``path`` (what ``write_json_atomic`` wrote); None when the file does not exist;
+    ``error`` naming the file when it cannot be read or parsed (the run records' one reader)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not readable JSON ({exc})") from None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # output folders and disk space, reported in one line a user can act on
 

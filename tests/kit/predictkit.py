@@ -30,8 +30,11 @@ def write_untrained_run(out: Path, cfg: Config, *, seed: int = 0) -> Path:
     return out
 
 
-def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2") -> Path:
-    """A minimal single-frame DX DICOM file (preamble, file meta); ``pixels=None`` writes one without pixel data."""
+def dicom_bytes(pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", **elements: object) -> bytes:
+    """A minimal single-frame DX DICOM file (preamble, file meta) holding ``pixels`` (uint8/uint16, 2-D), or no pixel
+    data at all; ``elements`` are set on the dataset (PatientID=..., StudyInstanceUID=...)."""
+    import io
+
     from pydicom import uid
     from pydicom.dataset import Dataset, FileMetaDataset
 
@@ -43,7 +46,6 @@ def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MO
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
     if pixels is not None:
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel = 1
@@ -52,7 +54,16 @@ def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MO
         ds.HighBit = ds.BitsStored - 1
         ds.PixelRepresentation = 0
         ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2") -> Path:
+    """``dicom_bytes`` written to ``path`` (Modality DX)."""
+    path.write_bytes(dicom_bytes(pixels, photometric=photometric, Modality="DX"))
     return path
 
 

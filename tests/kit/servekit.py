@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from predictkit import dicom_bytes  # noqa: F401  (re-exported: one DICOM builder for the test kits)
 
 from cxrmtl import labels as L
 
@@ -168,33 +169,3 @@ def multipart(field: str, filename: str, data: bytes, content_type: str = "appli
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
             f"Content-Type: {content_type}\r\n\r\n").encode()
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def dicom_bytes(pixels: np.ndarray | None, **elements: object) -> bytes:
-    """A minimal DX DICOM file (with preamble) holding ``pixels`` (uint8/uint16, 2-D) or no pixel data at all."""
-    import io
-
-    from pydicom import uid
-    from pydicom.dataset import Dataset, FileMetaDataset
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-    meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        ds.PixelData = pixels.tobytes()
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()

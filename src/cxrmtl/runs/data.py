@@ -26,7 +26,7 @@ import numpy as np
 from cxrmtl import labels
 from cxrmtl.distributed import DistContext, barrier
 from cxrmtl.errors import CacheError, ConfigError, DataLayoutError, RunError
-from cxrmtl.fsio import write_json_atomic
+from cxrmtl.fsio import read_json_file, write_json_atomic
 from cxrmtl.runs.layout import DATA_FILE
 from cxrmtl.version import code_version
 
@@ -137,12 +137,9 @@ def write_data_record(run: Path, record: DataRecord) -> Path:
 def read_data_record(run: Path) -> DataRecord | None:
     """RUN/data.json, or None when the run has none (a run trained before runs recorded their data)."""
     path = Path(run) / DATA_FILE
-    if not path.is_file():
+    doc = read_json_file(path, error=RunError)
+    if doc is None:
         return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != DATA_SCHEMA:
         raise RunError(f"{path}: expected a JSON object with schema {DATA_SCHEMA}")
     fields = {k: doc.get(k) for k in DataRecord.__dataclass_fields__ if k in doc}
@@ -281,14 +278,11 @@ def _open_cache(index: NIHIndex, out: Path, data: DataConfig, *, build: bool, pr
 
 def read_data_kind(run: Path) -> str:
     """What the run was trained on: RUN/data.json's "data_kind"; else "phantom" when the data root it names holds
-    a phantom marker; else "unknown" (runs made before data.json existed do not record their data). Used by predict, export and serve."""
-    path = Path(run) / DATA_FILE
-    if not path.is_file():
+    a phantom marker; else "unknown" (runs made before data.json existed do not record their data).
+    Used by predict, export and serve."""
+    doc = read_json_file(Path(run) / DATA_FILE, error=RunError)
+    if doc is None:
         return "unknown"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: not readable JSON ({exc})") from exc
     if isinstance(doc, dict) and isinstance(doc.get("data_kind"), str):
         return doc["data_kind"]
     root = doc.get("root") or doc.get("data_root") if isinstance(doc, dict) else None

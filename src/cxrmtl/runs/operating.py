@@ -24,7 +24,7 @@ import numpy as np
 
 from cxrmtl import labels as L
 from cxrmtl.errors import EvaluationError, RunError
-from cxrmtl.fsio import write_json_atomic
+from cxrmtl.fsio import read_json_file, write_json_atomic
 
 THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_SCHEMA = 1
@@ -110,12 +110,9 @@ def _parse_nested(path: Path, name: str, doc: object, *, positive: bool = False)
 def load_thresholds(run: Path) -> Thresholds | None:
     """Read RUN/thresholds.json; None when the run has not been evaluated yet; RunError when the file is malformed."""
     path = Path(run) / THRESHOLDS_FILE
-    if not path.is_file():
+    doc = read_json_file(path, error=RunError)
+    if doc is None:
         return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: not readable JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("schema") != THRESHOLDS_SCHEMA:
         raise RunError(f"{path}: expected an object with schema {THRESHOLDS_SCHEMA}")
     methods_doc = doc.get("methods")
