@@ -120,6 +120,9 @@ class TrainConfig:
     deterministic: bool = True  # deterministic algorithms (exact resume on CPU)
     progress: bool = True
     log_every: int = 50  # optimizer steps between step records in log.jsonl / TensorBoard (0 = epoch records only)
+    # optimizer steps between measurements of the per-task gradient norms on the shared backbone (train/gradnorm/*):
+    # each costs one extra backward per task, so keep it sparse on CPU (0 = never)
+    grad_norm_every: int = 50
     cpu_threads: int = 0  # torch.set_num_threads on CPU; 0 = leave the default
 
 
@@ -433,6 +436,7 @@ _CHECKS: tuple[tuple[str, Any, str], ...] = (
     ("train.select_mode", lambda c: c.train.select_mode in SELECT_MODES, f"must be one of {', '.join(SELECT_MODES)}"),
     ("train.early_stop_patience", lambda c: c.train.early_stop_patience >= 0, "must be >= 0"),
     ("train.log_every", lambda c: c.train.log_every >= 0, "must be >= 0"),
+    ("train.grad_norm_every", lambda c: c.train.grad_norm_every >= 0, "must be >= 0"),
     ("train.cpu_threads", lambda c: c.train.cpu_threads >= 0, "must be >= 0"),
     ("train.select_metric", lambda c: c.train.select_metric == "auto" or c.train.select_metric.startswith("val/"),
      "must be 'auto' or start with 'val/'"),
