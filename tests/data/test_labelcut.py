@@ -115,7 +115,7 @@ def test_rare_findings_are_the_rarest_of_the_real_release() -> None:
 
 
 def test_record_lists_the_kept_images() -> None:
-    targets, masks, rows = _arrays(n=60)
+    targets, masks, _ = _arrays(n=60)
     cut = LabelCut(findings=("Edema",), fraction=0.5, seed=0)
     _, counts = cut_positives(targets, masks, np.arange(60), cut)
     names = np.array([f"img{i}.png" for i in range(60)])

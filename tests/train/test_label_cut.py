@@ -54,7 +54,7 @@ def test_a_cut_run_says_so_and_cannot_be_resumed_with_other_labels(tiny_nih: Pat
     saved = yaml.safe_load((run / "config.yaml").read_text())["data"]
     assert saved["rare_positive_fraction"] == 0.5 and saved["rare_findings"] == ["Effusion", "Hernia"]
     first = json.loads((run / LABEL_CUT_FILE).read_text())
-    with pytest.raises(CheckpointError, match="data.rare_positive_fraction"):
+    with pytest.raises(CheckpointError, match=r"data\.rare_positive_fraction"):
         train(tiny_config("data.rare_positive_fraction=0.25", "data.rare_findings=[Effusion,Hernia]",
                           "train.max_steps=3"), out=run, resume=True, device="cpu")
     train(tiny_config(*CUT, "train.max_steps=3"), out=run, resume=True, device="cpu")
