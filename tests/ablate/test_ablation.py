@@ -398,6 +398,7 @@ def test_report_of_a_cut_marks_what_was_not_trained_and_adds_the_cut_rows() -> N
     (["--single", "rare"], "single: 'rare' trains single-task models for the findings whose labels are cut"),
     (["--single", "some"], "'--single'"),
     (["--rare-fraction", "0.1", "--findings", "Effusion,Mass"], "rare_findings: Hernia, Pneumonia, Fibrosis, Edema"),
+    (["--shard", "3/2"], "'--shard': '3/2' is not K/N"),
 ])
 def test_ablate_command_rejects_bad_data_efficiency_options(tmp_path: Path, args: list[str], message: str) -> None:
     """Through the real entry point: one line on stderr, exit status 2, nothing written (no phantom)."""
@@ -426,8 +427,15 @@ def test_ablate_with_a_label_cut_end_to_end(tmp_path: Path) -> None:
     args = ["ablate", str(config), "--out", str(out), "--seeds", "1", "--max-steps", "2", "--findings",
             "Effusion,Pneumothorax,Hernia", "--rare-fraction", "0.25", "--rare-findings", "Hernia,Pneumothorax",
             "--phantom-patients", "40", "--bootstrap", "30", "--device", "cpu", "--cache", str(cache)]
+    for shard in ("1/2", "2/2"):  # two processes could run these at once; each trains its half, compares nothing
+        part = CliRunner().invoke(app, [*args, "--shard", shard])
+        assert part.exit_code == 0 and f"shard {shard} done" in part.output, part.output
+        assert not (out / "ablation.json").exists()
+    assert len(list(out.glob("runs/*/seed*/ablation_run.json"))) == 4  # the two shards made every run
+    logs = {p: p.read_text() for p in out.glob("runs/*/seed*/log.jsonl")}
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
+    assert all(p.read_text() == text for p, text in logs.items())  # the unsharded call only compared
     result = json.loads((out / "ablation.json").read_text())
     assert result["schema"] == 3 and result["cut_findings"] == ["Hernia", "Pneumothorax"]
     assert sorted(r["variant"] for r in result["runs"]) == [

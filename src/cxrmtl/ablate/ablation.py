@@ -576,6 +576,9 @@ class AblationOptions:
     rare_findings: tuple[str, ...] | None = None
     single: str | None = None  # all | rare | none (labels.ABLATION_SINGLE_MODES); None: rare under a cut, else all
     cache: Path | None = None  # shared preprocessing cache (default OUT/cache)
+    # (k, n): train only every n-th (variant, seed) run from the k-th (1-based) and compare nothing, so n processes
+    # can share the runs of one OUT; a later call without a shard finds them finished and compares.
+    shard: tuple[int, int] | None = None
 
 
 def with_label_cut(base: Config, *, fraction: float | None, findings: Sequence[str] | None) -> Config:
@@ -625,6 +628,8 @@ def plan_ablation(base: Config, options: AblationOptions) -> AblationPlan:
     before any data is written or read (the command calls this before it writes a phantom)."""
     if options.seeds < 1:
         raise ConfigError(f"seeds: need at least 1, got {options.seeds}")
+    if options.shard is not None and not 1 <= options.shard[0] <= options.shard[1]:
+        raise ConfigError(f"shard: {options.shard[0]}/{options.shard[1]} is not K/N with 1 <= K <= N")
     check_split(options.split)
     base = with_label_cut(base, fraction=options.rare_fraction, findings=options.rare_findings)
     findings = tuple(options.findings) if options.findings is not None else labels.FINDINGS
@@ -638,8 +643,11 @@ def plan_ablation(base: Config, options: AblationOptions) -> AblationPlan:
     return AblationPlan(base=base, findings=findings, cut=cut, single=single, variants=tuple(variants))
 
 
-def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train every (variant, seed) not yet finished, compare, write OUT/ablation.json and OUT/ablation.md."""
+def run_ablation(
+    base: Config, options: AblationOptions, *, log: Callable[[str], None] = print
+) -> dict[str, Any] | None:
+    """Train every (variant, seed) not yet finished, compare, write OUT/ablation.json and OUT/ablation.md; with
+    ``options.shard`` train only that shard's runs and return None (nothing compared, nothing written)."""
     from cxrmtl.ablate.report import ablation_markdown, ablation_section
     from cxrmtl.fsio import atomic_write_text
 
@@ -650,11 +658,17 @@ def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str],
     options.out.mkdir(parents=True, exist_ok=True)
     seeds = [base.seed + k for k in range(options.seeds)]
     prepare_cache(harness, base)
+    pairs = [(variant, seed) for variant in variants for seed in seeds]
+    if options.shard is not None:
+        k, n = options.shard
+        for variant, seed in pairs[k - 1::n]:
+            log(f"ablation (shard {k}/{n}): {variant.name} seed {seed}")
+            run_variant(harness, variant, seed=seed, max_steps=options.max_steps)
+        return None
     records = []
-    for variant in variants:
-        for seed in seeds:
-            log(f"ablation: {variant.name} seed {seed}")
-            records.append(run_variant(harness, variant, seed=seed, max_steps=options.max_steps))
+    for variant, seed in pairs:
+        log(f"ablation: {variant.name} seed {seed}")
+        records.append(run_variant(harness, variant, seed=seed, max_steps=options.max_steps))
     table = build_table(options.out, records, findings=findings, cut_findings=cut)
     data = describe_table(harness, base, table, phantom=options.phantom)
     result = {

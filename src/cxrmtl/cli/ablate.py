@@ -42,6 +42,16 @@ def _rare_fraction(value: float | None) -> float | None:
     return value
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``K/N`` -> (K, N) with 1 <= K <= N."""
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
+        raise typer.BadParameter(f"{text!r} is not K/N with 1 <= K <= N (e.g. 1/2)", param_hint="'--shard'")
+    return int(k), int(n)
+
+
 def _finding_list(text: str | None, option: str) -> tuple[str, ...] | None:
     """A comma list of finding names, each known and none twice; None when the option was not given."""
     if text is None:
@@ -84,6 +94,9 @@ def ablate_command(
         "when labels are cut, else all."),
     cache: Path | None = typer.Option(None, "--cache", help="Preprocessing cache, shareable between ablations "
                                       "on the same data and size (default OUT/cache)."),
+    shard: str | None = typer.Option(
+        None, "--shard", metavar="K/N", help="Train only every N-th run from the K-th and compare nothing (N processes "
+        "share one --out); then run the command without --shard to compare."),
 ) -> None:
     """Train the multitask model, findings-only and single-task models (and weightings) and compare them."""
     from cxrmtl.ablate.ablation import AblationOptions, plan_ablation, run_ablation
@@ -97,6 +110,7 @@ def ablate_command(
     fraction = _rare_fraction(rare_fraction)
     cut_findings = _finding_list(rare_findings, "--rare-findings")
     chosen = _finding_list(findings, "--findings")
+    part = _shard(shard)
     cfg = load_config(config, overrides)
     if cut_findings is not None and (fraction if fraction is not None else cfg.data.rare_positive_fraction) >= 1:
         raise typer.BadParameter("cuts nothing without --rare-fraction below 1", param_hint="'--rare-findings'")
@@ -106,11 +120,13 @@ def ablate_command(
     options = AblationOptions(data_root=root, out=out, seeds=seeds, max_steps=max_steps, weightings=tuple(methods),
                               findings=chosen, split=split, n_resamples=bootstrap, device=device,
                               phantom=data is None, rare_fraction=fraction, rare_findings=cut_findings,
-                              single=single, cache=cache)
+                              single=single, cache=cache, shard=part)
     plan_ablation(cfg, options)  # every option mistake fails here, before a phantom is written
     if data is None:
         _phantom(root, patients=phantom_patients, seed=cfg.seed, size=cfg.data.image_size)
-    run_ablation(cfg, options, log=typer.echo)
+    if run_ablation(cfg, options, log=typer.echo) is None:
+        typer.echo(f"shard {shard} done; when every shard is, run the command without --shard to compare")
+        return
     typer.echo((out / "ablation.md").read_text(encoding="utf-8"))
     typer.echo(f"written: {out / 'ablation.json'}, {out / 'ablation.md'}, {out / 'ablation_section.json'}")
 
