@@ -456,3 +456,32 @@ def test_ablate_with_a_label_cut_end_to_end(tmp_path: Path) -> None:
     text = (out / "ablation.md").read_text()
     assert "Reduced training labels" in text and "| macro mean, cut findings (2) |" in text
     assert "Validation curves (budget check)" in text
+
+
+def test_static_task_weights_follow_the_tasks_of_each_variant() -> None:
+    """The demo recipe weights its auxiliary tasks 0.1: variants without them drop those weights (the engine would
+    refuse a weight for a task it does not have), and the weighting arms run their method as defined."""
+    base = from_dict(Config, {"tasks": {"specs": ["findings", "abnormal", "age"]},
+                              "weighting": {"method": "equal", "weights": {"findings": 2.0, "abnormal": 0.1,
+                                                                           "age": 0.1}}})
+    by_name = {v.name: v.config for v in plan_variants(base, findings=("Effusion", "Mass"),
+                                                        weightings=labels.ABLATION_WEIGHTINGS)}
+    assert by_name["multitask"].weighting.weights == {"findings:Effusion,Mass": 2.0, "abnormal": 0.1, "age": 0.1}
+    assert by_name["findings_only"].weighting.weights == {"findings:Effusion,Mass": 2.0}
+    assert by_name["single:Mass"].weighting.weights == {"findings:Mass": 2.0}
+    assert by_name["weighting:pcgrad"].weighting.weights == {} and "weighting:equal" in by_name  # unit weights
+    from cxrmtl.train.weighting import build_weighting
+
+    for cfg in by_name.values():  # every variant's weighting is one the engine builds for its tasks
+        w = cfg.weighting
+        build_weighting(w.method, task_names=list(cfg.tasks.specs), **w.kwargs,
+                        **({"weights": w.weights} if w.weights else {}))
+
+
+def test_report_names_the_static_weights_of_the_multitask_arm() -> None:
+    result = {"phantom": False, "data_root": "x", "split": "test", "seeds": [0, 1], "max_steps": None,
+              "baseline_weighting": "equal", "baseline_weights": {"abnormal": 0.1, "age": 0.1},
+              **summarise(_table(), n_resamples=30)}
+    text = ablation_markdown(result)
+    assert "| multitask (equal*) | 1 |" in text  # the cost row
+    assert "*Static task weights of the config: abnormal 0.1, age 0.1 (other tasks 1)" in text

@@ -7,7 +7,12 @@ Variants, all trained with the same budget (the config's epochs / ``max_steps``)
 - ``single:<finding>``: one network per finding (the ``single_task`` arm collects them); under a label cut by
   default only for the cut findings (``single="rare"``): the other findings' single-task models do not depend on it;
 - ``weighting:<method>``: the multitask config with another loss weighting (equal, uncertainty, DWA, GradNorm,
-  PCGrad); the config's own method is the ``multitask`` run itself and is not trained twice.
+  PCGrad), as the method defines it: the config's static task weights (``weighting.weights``, e.g. the demo
+  recipe's auxiliary weights 0.1) and options belong to the config's own method; a variant identical to the config's
+  weighting is the ``multitask`` run itself and is not trained twice (``equal`` is trained, as the plain sum of the
+  losses, when the config gives static weights).
+
+Variants without the auxiliary heads keep the findings task's static weight and drop the others'.
 
 Each (variant, seed) trains through the engine's ``cxrmtl.train.loop.train`` into ``OUT/runs/<variant>/seed<k>``
 and predicts the evaluation split; a finished run leaves ``ablation_run.json`` and ``ablation_predictions.npz``
@@ -44,7 +49,7 @@ import numpy as np
 from cxrmtl import labels
 from cxrmtl.ablate.curves import arm_curves
 from cxrmtl.ablate.paired import PairedResult, macro_difference, paired_auroc_difference
-from cxrmtl.config import Config, to_dict
+from cxrmtl.config import Config, WeightingConfig, to_dict
 from cxrmtl.errors import ConfigError, EvaluationError, RunError
 from cxrmtl.eval.datakind import DataDescription, describe_data
 from cxrmtl.eval.metrics import auroc
@@ -79,7 +84,16 @@ def _is_findings(spec: str) -> bool:
 
 
 def _with_specs(base: Config, specs: Sequence[str]) -> Config:
-    return dataclasses.replace(base, tasks=dataclasses.replace(base.tasks, specs=tuple(specs)))
+    """``base`` with these tasks; its static task weights (``weighting.weights``, keyed by task name) follow: the
+    findings task's weight moves to the new findings spec, weights of tasks the variant drops go with them."""
+    findings = next(s for s in specs if _is_findings(s))
+    weights = {}
+    for name, value in base.weighting.weights.items():
+        target = findings if _is_findings(name) else name
+        if target in specs:
+            weights[target] = value
+    return dataclasses.replace(base, tasks=dataclasses.replace(base.tasks, specs=tuple(specs)),
+                               weighting=dataclasses.replace(base.weighting, weights=weights))
 
 
 def _multitask(base: Config, *, spec: str, arg: str | None) -> Config:
@@ -96,8 +110,10 @@ def _single(base: Config, *, spec: str, arg: str | None) -> Config:
 
 
 def _weighting(base: Config, *, spec: str, arg: str | None) -> Config:
+    """The multitask config under method ``arg`` as the method defines it: the config's static task weights and
+    method options belong to the config's own method (an "equal" variant is then the plain sum of the losses)."""
     cfg = _multitask(base, spec=spec, arg=None)
-    return dataclasses.replace(cfg, weighting=dataclasses.replace(cfg.weighting, method=str(arg)))
+    return dataclasses.replace(cfg, weighting=WeightingConfig(method=str(arg)))
 
 
 # kind -> (config transform, arm the variant belongs to)
@@ -159,8 +175,13 @@ def plan_variants(
     if outside:
         raise ConfigError(f"single: {', '.join(outside)} not among the compared findings ({', '.join(chosen)})")
     names = ["multitask", "findings_only", *(f"single:{f}" for f in chosen if f in alone)]
-    names += [f"weighting:{m}" for m in dict.fromkeys(weightings) if m != base.weighting.method]
-    return [make_variant(base, name, findings=findings) for name in names]
+    variants = [make_variant(base, name, findings=findings) for name in names]
+    baseline = variants[0].config.weighting
+    for method in dict.fromkeys(weightings):
+        variant = make_variant(base, f"weighting:{method}", findings=findings)
+        if variant.config.weighting != baseline:  # the config's own weighting is the multitask run itself
+            variants.append(variant)
+    return variants
 
 
 def seeded(variant: Variant, *, seed: int, max_steps: int | None) -> Config:
@@ -683,6 +704,7 @@ def run_ablation(
         "seeds": seeds,
         "max_steps": options.max_steps,
         "baseline_weighting": base.weighting.method,
+        "baseline_weights": dict(base.weighting.weights),
         "config": to_dict(base),
         "label_cut": label_cut_summary(options.out, base, records),
         "single": {"findings": list(single), "all": single == findings},

@@ -51,8 +51,19 @@ def _comparison(result: Mapping[str, Any], group: str, a: str, b: str) -> Mappin
 
 
 def _title(result: Mapping[str, Any], arm: str) -> str:
+    """The arm's name; the multitask arm says its weighting, with * when the config gives static task weights."""
     title = result["arms"][arm]["title"]
-    return f"{title} ({result['baseline_weighting']})" if arm == "multitask" else title
+    star = "*" if result.get("baseline_weights") else ""
+    return f"{title} ({result['baseline_weighting']}{star})" if arm == "multitask" else title
+
+
+def _weights_text(result: Mapping[str, Any]) -> str:
+    weights = result.get("baseline_weights") or {}
+    if not weights:
+        return ""
+    listed = ", ".join(f"{k} {v:g}" for k, v in weights.items())
+    return (f" *Static task weights of the config: {listed} (other tasks 1); the weighting arms run their method "
+            "without them.")
 
 
 def _predicts(result: Mapping[str, Any], arm: str, finding: str) -> bool:
@@ -165,7 +176,7 @@ def _context(result: Mapping[str, Any]) -> str:
         f"{result['patients']} patients. Seeds {result['seeds']}, every model trained for {steps}, {checkpoint}. "
         f"AUROC: mean ± SD over seeds. Δ = AUROC(first) − AUROC(second), mean over seeds, with a 95% paired "
         f"patient-level bootstrap interval ({n_boot} resamples of patients, the same draws for both models and all "
-        "seeds)." + _cut_text(result) + _single_text(result)
+        "seeds)." + _weights_text(result) + _cut_text(result) + _single_text(result)
     )
 
 
