@@ -4,8 +4,9 @@ Does sharing one network with the auxiliary tasks (and with the other findings) 
 most where a finding has few positive labels? Three conditions on one phantom and one cache, 3 seeds, all 14
 findings, every model scored with its final checkpoint after the same number of epochs (docs/ablation.md):
 
-- ``full``: every label; multitask (findings + abnormal, age, sex, view) vs findings-only vs 14 single-task models,
-  and the multitask model under each loss weighting (equal, uncertainty, DWA, PCGrad, GradNorm);
+- ``full``: every label; multitask (findings + abnormal, age, sex, view; the recipe's static auxiliary weights 0.1)
+  vs findings-only vs 14 single-task models, and the multitask model under each loss weighting as the method
+  defines it (equal = plain sum, uncertainty, DWA, PCGrad, GradNorm);
 - ``rare25`` / ``rare10``: the training positives of the rare findings (labels.RARE_FINDINGS) cut to 25 % / 10 %
   (masked, not flipped; val and test keep every label); multitask vs findings-only vs single-task models of the cut
   findings only (the other findings' single-task models do not depend on the cut).
@@ -21,7 +22,8 @@ Modes:
          comparisons; writes bench/results/ablation_{full,rare25,rare10}.md.
 
 Usage:
-  OMP_NUM_THREADS=1 python bench/bench_ablation.py pilot --workdir DIR [--epochs 8,16] [--pilot-single Hernia]
+  OMP_NUM_THREADS=1 python bench/bench_ablation.py pilot --workdir DIR [--epochs 6,12] [--pilot-single Hernia]
+      [--single-epochs 6,12]
   OMP_NUM_THREADS=1 python bench/bench_ablation.py run --workdir DIR --epochs E [--seeds 3] [--parallel 2]
       [--conditions full,rare25,rare10]
 """
@@ -59,23 +61,27 @@ CONDITIONS: dict[str, tuple[float | None, tuple[str, ...]]] = {
     "rare10": (0.10, ("--single", "rare")),
 }
 # Cost of a weighting's training step relative to "equal" (bench/results/weighting.md: 5 tasks, 1 thread), used only
-# to predict the wall time from the pilot.
-WEIGHTING_COST: dict[str, float] = {"uncertainty": 1.05, "dwa": 1.11, "gradnorm": 1.13, "pcgrad": 3.31}
+# to predict the wall time from the pilot. "equal" is trained too: the recipe's static auxiliary weights make the
+# multitask arm another weighting than the plain sum (docs/ablation.md).
+WEIGHTING_COST: dict[str, float] = {"equal": 1.0, "uncertainty": 1.05, "dwa": 1.11, "gradnorm": 1.13, "pcgrad": 3.31}
 
 
-def cli(args: Sequence[str], *, log: Path) -> float:
-    """Run ``python -m cxrmtl ARGS`` (source tree first, one thread) with its output in ``log``; wall seconds."""
+def cli(args: Sequence[str], *, log: Path) -> tuple[float, float]:
+    """Run ``python -m cxrmtl ARGS`` (source tree first, one thread) with its output in ``log``; (wall seconds, CPU
+    seconds of the process). On a shared machine the CPU seconds are what the run costs when it has a core."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.perf_counter()
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"$ cxrmtl {' '.join(map(str, args))}\n")
         fh.flush()
-        done = subprocess.run([sys.executable, "-m", "cxrmtl", *map(str, args)], env=env, stdout=fh,
-                              stderr=subprocess.STDOUT, cwd=REPO, check=False)
-    if done.returncode:
-        raise SystemExit(f"cxrmtl {' '.join(map(str, args))} failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - start
+        proc = subprocess.Popen([sys.executable, "-m", "cxrmtl", *map(str, args)], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"cxrmtl {' '.join(map(str, args))} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 def prepare(work: Path, *, patients: int, epochs: int) -> tuple[Path, Path, Path]:
@@ -117,52 +123,61 @@ def pilot(args: argparse.Namespace) -> None:
 
     started, load0 = time.time(), os.getloadavg()[0]
     budgets = [int(e) for e in args.epochs.split(",")]
+    single_budgets = [int(e) for e in args.single_epochs.split(",")] if args.single_epochs else budgets
     jobs = []
     for epochs in budgets:
         phantom, cache, config = prepare(args.workdir, patients=args.patients, epochs=epochs)
-        for arm, specs in (("multitask", None), (f"single:{args.pilot_single}", f"[findings:{args.pilot_single}]")):
+        arms = [("multitask", None)]
+        if epochs in single_budgets:
+            arms.append((f"single:{args.pilot_single}", f"[findings:{args.pilot_single}]"))
+        for arm, specs in arms:
             out = args.workdir / "pilot" / f"{arm.replace(':', '-')}_e{epochs}"
             # as the harness builds a single-task variant: the auxiliary tasks' static weights go with them
-            extra = ["--set", f"tasks.specs={specs}", "--set", "weighting.weights={}"] if specs else []
+            extra = ["--set", f"tasks.specs={specs}", "--set", "weighting.weights={}",
+                     "--set", "train.select_metric=auto"] if specs else []
             jobs.append((arm, epochs, out, ["train", config, "--data", phantom, "--cache", cache, "--out", out,
                                             "--device", "cpu", "--no-progress", *extra]))
 
     def one(job: tuple) -> tuple:
         arm, epochs, out, argv = job
-        if (out / "checkpoints" / "last.pt").is_file():  # a finished pilot run is reused (its time is not)
-            return arm, epochs, out, float("nan")
-        return arm, epochs, out, cli(argv, log=args.workdir / "pilot.log")
+        timing = out / "pilot_seconds.json"  # a finished pilot run is reused with the times it was measured at
+        if not timing.is_file():
+            timing.write_text(json.dumps(cli(argv, log=args.workdir / "pilot.log")))
+        return arm, epochs, out, tuple(json.loads(timing.read_text()))
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         done = list(pool.map(one, jobs))
     rows, seconds = [], {}
-    for arm, epochs, out, wall in done:
+    for arm, epochs, out, (wall, cpu) in done:
         curve = run_curve(out / "log.jsonl")
         steps = sorted(curve)
         values = [sum(curve[s].values()) / len(curve[s]) if curve[s] else float("nan") for s in steps]
         verdict = plateau_verdict(values)
-        seconds[(arm.split(":")[0], epochs)] = wall
+        seconds[(arm.split(":")[0], epochs)] = cpu
         rows.append(f"| {arm} | {epochs} | {steps[-1] if steps else 0} | "
                     f"{' '.join(f'{v:.3f}' for v in values)} | {verdict['verdict']} "
-                    f"({_signed(verdict['gain_last_third'])}) | {wall:.0f} |")
+                    f"({_signed(verdict['gain_last_third'])}) | {wall:.0f} | {cpu:.0f} |")
     wall = time.time() - started
     lines = ["# Ablation pilot: when does the validation AUROC stop rising, and what does a run cost?", "",
              header(sys.argv[1:], started=started, wall=wall, load=(load0, os.getloadavg()[0])),
              f"One seed (0); {args.patients} phantom patients; runs two at a time, one thread each. Each row is its "
              "own run (the learning-rate schedule, warm-up 20 % then cosine, spans the run's own epochs).", "",
              "| run | epochs | steps | mean val AUROC at each epoch | plateau verdict (gain in last third) | "
-             "wall s |", "|---|---|---|---|---|---|", *rows, "", "## Predicted wall time of `run` (3 seeds)", "",
-             "| epochs | multitask run s | single-task run s | core-seconds | wall min on 2 processes |",
+             "wall s | CPU s |", "|---|---|---|---|---|---|---|", *rows, "",
+             "## Predicted wall time of `run` (3 seeds, 2 processes)", "",
+             "| epochs | multitask run CPU s | single-task run CPU s | CPU s in all | wall min with 2 free cores |",
              "|---|---|---|---|---|"]
     for epochs in budgets:
         mt, st = seconds.get(("multitask", epochs)), seconds.get(("single", epochs))
         if mt and st:
             total = predicted_core_seconds(mt, st, seeds=3)
             lines.append(f"| {epochs} | {mt:.0f} | {st:.0f} | {total:.0f} | {total / 2 / 60:.0f} |")
-    lines += ["", "Prediction: findings-only costs a multitask run; weightings cost their step ratio from "
+    lines += ["", "Prediction from the CPU seconds of the pilot's processes (what a run costs when it has a core to "
+              "itself): findings-only costs a multitask run; weightings cost their step ratio from "
               "bench/results/weighting.md (uncertainty 1.05, DWA 1.11, GradNorm 1.13, PCGrad 3.31); full condition "
-              "2 + 14 single + 4 weightings, each cut condition 2 + "
-              f"{len(_rare())} single per seed; shards keep both processes busy (wall = core-seconds / 2)."]
+              "2 + 14 single + 5 weightings (plain equal too), each cut condition 2 + "
+              f"{len(_rare())} single per seed; shards keep both processes busy (wall = CPU seconds / 2). Other "
+              "jobs on the machine stretch the wall time by the share of the cores they take."]
     text = "\n".join(lines) + "\n"
     (RESULTS / "ablation_pilot.md").write_text(text)
     print(text)
@@ -213,19 +228,19 @@ def run(args: argparse.Namespace) -> None:
 
     def one(job: tuple) -> None:
         name, command = job
-        times[name] = times.get(name, 0.0) + cli(command, log=args.workdir / f"{name}.log")
+        times[name] = times.get(name, 0.0) + cli(command, log=args.workdir / f"{name}.log")[1]
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         list(pool.map(one, queue))
     if "full" in conditions:
-        times["full"] += cli(argv("full"), log=args.workdir / "full.log")  # all shards done: compare
+        times["full"] += cli(argv("full"), log=args.workdir / "full.log")[1]  # all shards done: compare
     wall = time.time() - started
     top = header(sys.argv[1:], started=started, wall=wall, load=(load0, os.getloadavg()[0]))
     for name in conditions:
         result = json.loads((args.workdir / name / "ablation.json").read_text())
         body = (args.workdir / name / "ablation.md").read_text()
         note = (f"Condition `{name}`: {args.epochs} epochs per model, seeds {result['seeds']}, "
-                f"{len(result['runs'])} trainings; process time {times[name] / 60:.1f} min (sum over its processes).")
+                f"{len(result['runs'])} trainings; CPU time {times[name] / 60:.1f} min (sum over its processes).")
         text = f"# Ablation on the phantom: {name}\n\n{top}\n{note}\n\n" + body.split("\n", 1)[1]
         (RESULTS / f"ablation_{name}.md").write_text(text)
         print(f"written: {RESULTS / f'ablation_{name}.md'}")
@@ -238,6 +253,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=500, help="phantom patients (500: ~2,000 images)")
     parser.add_argument("--epochs", default="8,16", help="pilot: candidate budgets; run: the budget (one number)")
     parser.add_argument("--pilot-single", default="Hernia", help="pilot: the single-task model's finding")
+    parser.add_argument("--single-epochs", default="", help="pilot: budgets with a single-task run (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--parallel", type=int, default=2, help="processes at once (one thread each)")
