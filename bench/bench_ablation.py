@@ -102,16 +102,17 @@ def prepare(work: Path, *, patients: int, epochs: int) -> tuple[Path, Path, Path
     return phantom, cache, config
 
 
-def header(argv: Sequence[str], *, started: float, wall: float, load: tuple[float, float]) -> str:
+def header(argv: Sequence[str], *, started: float, wall: float | None, load: tuple[float, float]) -> str:
     from machine import cpu_model
 
     when = dt.datetime.fromtimestamp(started, dt.UTC)
+    took = f"wall {wall / 60:.1f} min; " if wall is not None else ""
     return (f"Command: `OMP_NUM_THREADS=1 python bench/bench_ablation.py {' '.join(argv)}`\n\n"
-            f"Machine: {os.cpu_count()} cores (`nproc`), {cpu_model()}; {when:%Y-%m-%d %H:%M} UTC; wall "
-            f"{wall / 60:.1f} min; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (the machine is "
+            f"Machine: {os.cpu_count()} cores (`nproc`), {cpu_model()}; {when:%Y-%m-%d %H:%M} UTC; {took}"
+            f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (the machine is "
             "shared: times are pessimistic when other jobs run).\n\n"
-            f"Data: PHANTOM (built-in synthetic ChestX-ray14), config `configs/demo_phantom.yaml` + "
-            f"`{' '.join(BENCH_OVERRIDES)}`.\n")
+            f"Config: `configs/demo_phantom.yaml` + `{' '.join(BENCH_OVERRIDES)}`; data: the built-in PHANTOM "
+            "(synthetic ChestX-ray14, boosted prevalence).\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,21 +158,27 @@ def pilot(args: argparse.Namespace) -> None:
         rows.append(f"| {arm} | {epochs} | {steps[-1] if steps else 0} | "
                     f"{' '.join(f'{v:.3f}' for v in values)} | {verdict['verdict']} "
                     f"({_signed(verdict['gain_last_third'])}) | {wall:.0f} | {cpu:.0f} |")
-    wall = time.time() - started
     lines = ["# Ablation pilot: when does the validation AUROC stop rising, and what does a run cost?", "",
-             header(sys.argv[1:], started=started, wall=wall, load=(load0, os.getloadavg()[0])),
-             f"One seed (0); {args.patients} phantom patients; runs two at a time, one thread each. Each row is its "
-             "own run (the learning-rate schedule, warm-up 20 % then cosine, spans the run's own epochs).", "",
+             header(sys.argv[1:], started=started, wall=None, load=(load0, os.getloadavg()[0])),
+             f"One seed (0); {args.patients} phantom patients; runs {args.parallel} at a time, one thread each; a run "
+             "finished by an earlier invocation is reused with the times measured then. Each row is its own run (the "
+             "learning-rate schedule, warm-up 20 % then cosine, spans the run's own epochs).", "",
              "| run | epochs | steps | mean val AUROC at each epoch | plateau verdict (gain in last third) | "
              "wall s | CPU s |", "|---|---|---|---|---|---|---|", *rows, "",
              "## Predicted wall time of `run` (3 seeds, 2 processes)", "",
-             "| epochs | multitask run CPU s | single-task run CPU s | CPU s in all | wall min with 2 free cores |",
-             "|---|---|---|---|---|"]
+             "| epochs | multitask run CPU s | single-task run CPU s | CPU s: full / each cut condition | "
+             "CPU s in all | wall min with 2 free cores |", "|---|---|---|---|---|---|"]
+    both = [e for e in budgets if seconds.get(("multitask", e)) and seconds.get(("single", e))]
+    ratio = sum(seconds[("single", e)] / seconds[("multitask", e)] for e in both) / len(both) if both else 1.0
     for epochs in budgets:
         mt, st = seconds.get(("multitask", epochs)), seconds.get(("single", epochs))
-        if mt and st:
-            total = predicted_core_seconds(mt, st, seeds=3)
-            lines.append(f"| {epochs} | {mt:.0f} | {st:.0f} | {total:.0f} | {total / 2 / 60:.0f} |")
+        if not mt:
+            continue
+        shown = f"{st:.0f}" if st else f"{mt * ratio:.0f} (est.: {ratio:.2f} x multitask, as measured)"
+        full, cut = predicted_core_seconds(mt, st or mt * ratio, seeds=3)
+        total = full + 2 * cut
+        lines.append(f"| {epochs} | {mt:.0f} | {shown} | {full:.0f} / {cut:.0f} | {total:.0f} | "
+                     f"{total / 2 / 60:.0f} |")
     lines += ["", "Prediction from the CPU seconds of the pilot's processes (what a run costs when it has a core to "
               "itself): findings-only costs a multitask run; weightings cost their step ratio from "
               "bench/results/weighting.md (uncertainty 1.05, DWA 1.11, GradNorm 1.13, PCGrad 3.31); full condition "
@@ -179,7 +186,7 @@ def pilot(args: argparse.Namespace) -> None:
               f"{len(_rare())} single per seed; shards keep both processes busy (wall = CPU seconds / 2). Other "
               "jobs on the machine stretch the wall time by the share of the cores they take."]
     text = "\n".join(lines) + "\n"
-    (RESULTS / "ablation_pilot.md").write_text(text)
+    (args.results / "ablation_pilot.md").write_text(text)
     print(text)
 
 
@@ -193,13 +200,13 @@ def _rare() -> tuple[str, ...]:
     return RARE_FINDINGS
 
 
-def predicted_core_seconds(multitask: float, single: float, *, seeds: int) -> float:
-    """Core-seconds of the three conditions from one multitask and one single-task run's wall time."""
+def predicted_core_seconds(multitask: float, single: float, *, seeds: int) -> tuple[float, float]:
+    """CPU seconds of the full condition and of one cut condition, from one multitask and one single-task run's."""
     from cxrmtl.labels import NUM_FINDINGS
 
     full = 2 * multitask + NUM_FINDINGS * single + multitask * sum(WEIGHTING_COST.values())
     cut = 2 * multitask + len(_rare()) * single
-    return seeds * (full + 2 * cut)
+    return seeds * full, seeds * cut
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,11 +246,11 @@ def run(args: argparse.Namespace) -> None:
     for name in conditions:
         result = json.loads((args.workdir / name / "ablation.json").read_text())
         body = (args.workdir / name / "ablation.md").read_text()
-        note = (f"Condition `{name}`: {args.epochs} epochs per model, seeds {result['seeds']}, "
+        note = (f"Condition `{name}`: {args.epochs} epoch(s) per model, seeds {result['seeds']}, "
                 f"{len(result['runs'])} trainings; CPU time {times[name] / 60:.1f} min (sum over its processes).")
         text = f"# Ablation on the phantom: {name}\n\n{top}\n{note}\n\n" + body.split("\n", 1)[1]
-        (RESULTS / f"ablation_{name}.md").write_text(text)
-        print(f"written: {RESULTS / f'ablation_{name}.md'}")
+        (args.results / f"ablation_{name}.md").write_text(text)
+        print(f"written: {args.results / f'ablation_{name}.md'}")
 
 
 def main() -> None:
@@ -258,6 +265,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--parallel", type=int, default=2, help="processes at once (one thread each)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the .md files go (bench/results)")
     args = parser.parse_args()
     if args.mode == "run":
         if not args.epochs.isdigit():

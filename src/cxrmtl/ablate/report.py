@@ -167,7 +167,9 @@ def _single_text(result: Mapping[str, Any]) -> str:
 def _context(result: Mapping[str, Any]) -> str:
     data = (result.get("data") or {}).get("label") or (
         "the built-in phantom (synthetic images)" if result["phantom"] else f"`{result['data_root']}`")
-    steps = f"{result['max_steps']} optimizer steps" if result["max_steps"] else "the config's epochs"
+    epochs = ((result.get("config") or {}).get("train") or {}).get("epochs")
+    steps = (f"{result['max_steps']} optimizer steps" if result["max_steps"]
+             else f"{epochs} epochs" if epochs else "the config's epochs")
     n_boot = result["comparisons"][0]["n_resamples"] if result["comparisons"] else 0
     checkpoint = ("every model scored with its final checkpoint (the same rule in every arm; no per-finding "
                   "best-epoch choice)" if result.get("checkpoint") == "last" else "best checkpoint on val")
