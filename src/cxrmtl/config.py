@@ -32,6 +32,10 @@ class DataConfig:
     pixel_std: float = labels.PIXEL_STD
     num_workers: int = 0
     cache_workers: int = 0  # 0 = let data.cache choose
+    # Data-efficiency experiments (docs/ablation.md): keep only this fraction of the training split's positive labels
+    # of ``rare_findings``; the others are masked (unlabelled, not negative). val and test keep every label.
+    rare_positive_fraction: float = 1.0  # 1 = every label (the findings are not touched)
+    rare_findings: tuple[str, ...] = labels.RARE_FINDINGS
 
 
 @dataclass(frozen=True)
@@ -449,6 +453,21 @@ def validate(cfg: Config) -> None:
     for name, check, problem in _CHECKS:
         if not check(cfg):
             raise ConfigError(f"{name}: {problem} (got {_get(cfg, name)!r})")
+    check_rare_positive_cut(cfg.data.rare_findings, cfg.data.rare_positive_fraction)
+
+
+def check_rare_positive_cut(findings: Sequence[str], fraction: float, *, where: str = "data") -> None:
+    """Raise ConfigError (naming ``where``.rare_findings / .rare_positive_fraction) for an impossible label cut."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"{where}.rare_positive_fraction: must be in (0, 1], got {fraction!r}")
+    unknown = [f for f in findings if f not in labels.FINDING_INDEX]
+    if unknown:
+        raise ConfigError(f"{where}.rare_findings: unknown finding(s) {', '.join(map(repr, unknown))}; findings are "
+                          f"{', '.join(labels.FINDINGS)}")
+    if len(set(findings)) != len(findings):
+        raise ConfigError(f"{where}.rare_findings: names a finding twice ({', '.join(findings)})")
+    if fraction < 1.0 and not findings:
+        raise ConfigError(f"{where}.rare_findings: empty, so rare_positive_fraction {fraction} would cut nothing")
 
 
 def _get(cfg: Config, dotted: str) -> Any:

@@ -47,6 +47,9 @@ def test_overrides_are_typed() -> None:
         ("train.amp=fp8", "train.amp"),
         ("seed", "key=value"),
         ("optim.lr.x=1", "optim.lr"),
+        ("data.rare_positive_fraction=0", "data.rare_positive_fraction"),
+        ("data.rare_positive_fraction=1.5", "data.rare_positive_fraction"),
+        ("data.rare_findings=[Hernai]", "data.rare_findings: unknown finding"),
     ],
 )
 def test_bad_overrides_name_the_field(override: str, needle: str) -> None:
