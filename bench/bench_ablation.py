@@ -52,7 +52,8 @@ RECIPE = REPO / "configs" / "demo_phantom.yaml"
 # epoch ends only; one thread per process (two processes share the two cores).
 BENCH_OVERRIDES: tuple[str, ...] = (
     "model.backbone=resnet10t", "data.image_size=64", "data.val_fraction=0.2", "train.log_every=0",
-    "train.checkpoint_every=0", "train.checkpoint_minutes=0", "train.cpu_threads=1", "train.progress=false",
+    "train.grad_norm_every=0", "train.checkpoint_every=0", "train.checkpoint_minutes=0", "train.cpu_threads=1",
+    "train.progress=false",
 )
 # condition -> (rare fraction or None, extra `cxrmtl ablate` options)
 CONDITIONS: dict[str, tuple[float | None, tuple[str, ...]]] = {

@@ -56,6 +56,8 @@ RECIPES: dict[str, tuple[int, tuple[str, ...]]] = {
     "new_aux003": (64, ("weighting.weights={abnormal: 0.03, age: 0.03, sex: 0.03, view: 0.03}",)),
     "new_noage": (64, ("tasks.specs=[findings,abnormal,sex,view]",)),
     "new_noaug": (64, ("augment.enabled=false",)),
+    "new_fp32": (64, ("train.amp=off",)),
+    "new_bf16": (64, ("train.amp=bf16",)),
 }
 
 
