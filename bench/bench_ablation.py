@@ -187,6 +187,7 @@ def pilot(args: argparse.Namespace) -> None:
               f"{len(_rare())} single per seed; shards keep both processes busy (wall = CPU seconds / 2). Other "
               "jobs on the machine stretch the wall time by the share of the cores they take."]
     text = "\n".join(lines) + "\n"
+    args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "ablation_pilot.md").write_text(text)
     print(text)
 
