@@ -191,7 +191,10 @@ def _to_float(value: Any, where: str) -> float:
 def _to_str(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        # YAML 1.1 reads a bare off/on (also no/yes) as a boolean: `amp: off` and `train.amp=off` mean the word.
+        return "on" if value else "off"
+    if isinstance(value, int | float):
         return str(value)
     raise ConfigError(f"{where}: expected a string, got {value!r}")
 
