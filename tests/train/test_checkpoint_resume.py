@@ -103,6 +103,35 @@ def test_mismatched_config_is_refused(short_run: Path, tiny_nih: Path, tiny_cach
               resume=True, device="cpu")
 
 
+def test_checkpoint_from_before_a_config_field_existed_still_loads_and_resumes(
+        short_run: Path, tiny_nih: Path, tiny_cache: Path, tmp_path: Path) -> None:
+    # Runs trained before data.rare_findings / data.rare_positive_fraction / train.grad_norm_every were added: their
+    # checkpoint's config lacks the keys; the code that wrote them behaved as the defaults do.
+    import yaml
+
+    from cxrmtl.runs.checkpoint import load_run
+
+    run = _copy_run(short_run, tmp_path / "run")
+    for name in ("last.pt", "best.pt"):
+        path = run / "checkpoints" / name
+        state = load_checkpoint(path)
+        for section, key in (("data", "rare_findings"), ("data", "rare_positive_fraction"),
+                             ("train", "grad_norm_every")):
+            state["config"][section].pop(key)
+        save_checkpoint(path, state)
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    saved["data"].pop("rare_findings"), saved["train"].pop("grad_norm_every")
+    (run / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    assert load_run(run, which="last", device="cpu").step == 2
+    summary = train(tiny_config("train.epochs=1", "train.max_steps=3"), data_root=tiny_nih, out=run,
+                    cache_dir=tiny_cache, resume=True, device="cpu")
+    assert summary.steps == 3
+    # defaults fill only what is missing: a value changed on resume is still refused
+    with pytest.raises(CheckpointError, match="rare_positive_fraction"):
+        train(tiny_config("train.epochs=1", "train.max_steps=4", "data.rare_positive_fraction=0.5"),
+              data_root=tiny_nih, out=run, cache_dir=tiny_cache, resume=True, device="cpu")
+
+
 def test_fresh_start_never_overwrites_a_run(short_run: Path, tiny_nih: Path, tiny_cache: Path, tmp_path: Path) -> None:
     run = _copy_run(short_run, tmp_path / "run")
     before = (run / "checkpoints" / "last.pt").read_bytes()

@@ -33,7 +33,7 @@ REQUIRED_KEYS: tuple[str, ...] = ("format", "model", "config", "labels", "epoch"
 RESUME_MUTABLE: frozenset[str] = frozenset(
     {"train.epochs", "train.max_steps", "train.progress", "train.cpu_threads", "train.early_stop_patience",
      "train.checkpoint_every", "train.checkpoint_minutes", "data.num_workers", "data.cache_workers",
-     "model.allow_random_init"}
+     "model.allow_random_init", "train.log_every", "train.grad_norm_every"}
 )
 
 
@@ -155,6 +155,10 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_compatible(state: Mapping[str, Any], cfg: Config, labels: Mapping[str, Sequence[str]], *, path: Path) -> None:
     """Refuse to resume from a checkpoint written for another config or label map (CheckpointError)."""
     saved, current = _flatten(state["config"]), _flatten(to_dict(cfg))
+    # A field added to Config after the checkpoint was written takes its default, which is what the code that wrote
+    # the checkpoint did (new fields default to the old behaviour): older runs stay loadable and resumable.
+    defaults = _flatten(to_dict(Config()))
+    saved.update({k: defaults[k] for k in current if k not in saved and k in defaults})
     differ = sorted(k for k in set(saved) | set(current) if k not in RESUME_MUTABLE and saved.get(k) != current.get(k))
     if differ:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}" for k in differ[:5])
