@@ -164,6 +164,17 @@ MAX_IMAGE_BYTES: int = 512 * 1024 * 1024
 # Wang et al. 2017 (ChestX-ray8, arXiv:1705.02315, Sec. 4 "B-Box generation"): the heatmap is normalised to
 # [0, 255] and binarised at 60 and at 180 separately; every connected region of either binary map becomes a box.
 LOC_HEATMAP_THRESHOLDS: tuple[int, ...] = (60, 180)
+# Heatmap -> boxes rules `cxrmtl localize --box-rule` offers (localize.localization.BOX_RULES): "wang" is the rule
+# above, kept for the protocol number; "peak" (the default) boxes only the strongest regions. Its parameters were
+# chosen on the phantom's boxed train/val images of two demo runs and reported on test (bench/bench_cam.py,
+# docs/localization.md): Wang's rule scattered 5-11 false boxes per image there.
+LOC_BOX_RULES: tuple[str, ...] = ("peak", "wang")
+LOC_DEFAULT_BOX_RULE: str = "peak"
+LOC_PEAK_SIGMA: float = 0.02  # Gaussian smoothing, a fraction of the map's side
+LOC_PEAK_LEVEL: float = 0.5  # binarise the [0, 1] map here
+LOC_PEAK_KEEP: float = 0.8  # keep a region whose maximum reaches this share of the map's maximum
+LOC_PEAK_MAX_BOXES: int = 1  # at most this many boxes per heatmap
+LOC_PEAK_MIN_AREA: float = 0.0  # drop regions smaller than this share of the map
 # Overlap thresholds Wang et al. 2017 report: T(IoBB) for the 14-class model, T(IoU) for the 8-class model.
 LOC_IOBB_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
 LOC_IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
