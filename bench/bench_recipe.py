@@ -51,10 +51,17 @@ RECIPES: dict[str, tuple[int, tuple[str, ...]]] = {
     "aux01_aug": (64, (*ONE, "tasks.pos_weight=false", "optim.grad_clip=0", *AUX01)),
     "aux01_pw": (64, (*ONE, "augment.enabled=false", "optim.grad_clip=0", *AUX01)),
     "new": (64, ()),
+    # the demo recipe with one change each (issue 11 §1, second round: why does multitask still trail?)
+    "new_findings_only": (64, ("tasks.specs=findings", "weighting.weights={}")),
+    "new_aux003": (64, ("weighting.weights={abnormal: 0.03, age: 0.03, sex: 0.03, view: 0.03}",)),
+    "new_noage": (64, ("tasks.specs=[findings,abnormal,sex,view]",)),
+    "new_noaug": (64, ("augment.enabled=false",)),
+    "new_fp32": (64, ("train.amp=off",)),
+    "new_bf16": (64, ("train.amp=bf16",)),
 }
 
 
-def make_phantom(root: Path, *, patients: int, size: int) -> tuple:
+def make_phantom(root: Path, *, patients: int, size: int, phantom_size: int | None = None) -> tuple:
     """Write + cache one boosted phantom; returns (data dir, cache dir, index, cache view)."""
     from cxrmtl.data.cache import build_cache, open_cache
     from cxrmtl.data.nih import load_index
@@ -62,7 +69,8 @@ def make_phantom(root: Path, *, patients: int, size: int) -> tuple:
 
     data, cache = root / "data", root / "cache"
     if not (data / "Data_Entry_2017.csv").is_file():  # --workdir: a finished phantom is reused
-            write_phantom(data, patients=patients, size=size, seed=0, prevalence="boosted", workers=2, progress=False)
+        write_phantom(data, patients=patients, size=phantom_size or size, seed=0, prevalence="boosted", workers=2,
+                      progress=False)
     index = load_index(data)
     build_cache(index, cache, size=size, workers=2, progress=False)
     return data, cache, index, open_cache(cache)
@@ -124,6 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=300)
     parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--phantom-size", type=int, help="generate the phantom at this size (the demo: 256), "
+                        "cache it at --size")
     parser.add_argument("--images", type=int, default=6000, help="images seen per arm (rounded to whole epochs)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--recipes", default="bare,old,new")
@@ -137,7 +147,8 @@ def main() -> None:
     arms = args.recipes.split(",")
     with tempfile.TemporaryDirectory(prefix="bench_recipe_") as tmp:
         root = args.workdir or Path(tmp)
-        data, cache, index, view = make_phantom(root, patients=args.patients, size=args.size)
+        data, cache, index, view = make_phantom(root, patients=args.patients, size=args.size,
+                                               phantom_size=args.phantom_size)
         n_train, n_test = len(index.rows("train")), len(index.rows("test"))
         results: dict[str, list[dict]] = {}
         for seed in seeds:

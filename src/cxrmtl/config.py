@@ -32,6 +32,10 @@ class DataConfig:
     pixel_std: float = labels.PIXEL_STD
     num_workers: int = 0
     cache_workers: int = 0  # 0 = let data.cache choose
+    # Data-efficiency experiments (docs/ablation.md): keep only this fraction of the training split's positive labels
+    # of ``rare_findings``; the others are masked (unlabelled, not negative). val and test keep every label.
+    rare_positive_fraction: float = 1.0  # 1 = every label (the findings are not touched)
+    rare_findings: tuple[str, ...] = labels.RARE_FINDINGS
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,9 @@ class TrainConfig:
     deterministic: bool = True  # deterministic algorithms (exact resume on CPU)
     progress: bool = True
     log_every: int = 50  # optimizer steps between step records in log.jsonl / TensorBoard (0 = epoch records only)
+    # optimizer steps between measurements of the per-task gradient norms on the shared backbone (train/gradnorm/*):
+    # each costs one extra backward per task, so keep it sparse on CPU (0 = never)
+    grad_norm_every: int = 50
     cpu_threads: int = 0  # torch.set_num_threads on CPU; 0 = leave the default
 
 
@@ -184,7 +191,10 @@ def _to_float(value: Any, where: str) -> float:
 def _to_str(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        # YAML 1.1 reads a bare off/on (also no/yes) as a boolean: `amp: off` and `train.amp=off` mean the word.
+        return "on" if value else "off"
+    if isinstance(value, int | float):
         return str(value)
     raise ConfigError(f"{where}: expected a string, got {value!r}")
 
@@ -433,6 +443,7 @@ _CHECKS: tuple[tuple[str, Any, str], ...] = (
     ("train.select_mode", lambda c: c.train.select_mode in SELECT_MODES, f"must be one of {', '.join(SELECT_MODES)}"),
     ("train.early_stop_patience", lambda c: c.train.early_stop_patience >= 0, "must be >= 0"),
     ("train.log_every", lambda c: c.train.log_every >= 0, "must be >= 0"),
+    ("train.grad_norm_every", lambda c: c.train.grad_norm_every >= 0, "must be >= 0"),
     ("train.cpu_threads", lambda c: c.train.cpu_threads >= 0, "must be >= 0"),
     ("train.select_metric", lambda c: c.train.select_metric == "auto" or c.train.select_metric.startswith("val/"),
      "must be 'auto' or start with 'val/'"),
@@ -445,6 +456,21 @@ def validate(cfg: Config) -> None:
     for name, check, problem in _CHECKS:
         if not check(cfg):
             raise ConfigError(f"{name}: {problem} (got {_get(cfg, name)!r})")
+    check_rare_positive_cut(cfg.data.rare_findings, cfg.data.rare_positive_fraction)
+
+
+def check_rare_positive_cut(findings: Sequence[str], fraction: float, *, where: str = "data") -> None:
+    """Raise ConfigError (naming ``where``.rare_findings / .rare_positive_fraction) for an impossible label cut."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"{where}.rare_positive_fraction: must be in (0, 1], got {fraction!r}")
+    unknown = [f for f in findings if f not in labels.FINDING_INDEX]
+    if unknown:
+        raise ConfigError(f"{where}.rare_findings: unknown finding(s) {', '.join(map(repr, unknown))}; findings are "
+                          f"{', '.join(labels.FINDINGS)}")
+    if len(set(findings)) != len(findings):
+        raise ConfigError(f"{where}.rare_findings: names a finding twice ({', '.join(findings)})")
+    if fraction < 1.0 and not findings:
+        raise ConfigError(f"{where}.rare_findings: empty, so rare_positive_fraction {fraction} would cut nothing")
 
 
 def _get(cfg: Config, dotted: str) -> Any:

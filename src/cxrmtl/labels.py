@@ -203,6 +203,18 @@ LOC_CAM_TITLES: dict[str, str] = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM+
 # Ablation: seeds per variant on the phantom (issue 5: at least 3) and the weighting methods the harness compares.
 ABLATION_DEFAULT_SEEDS: int = 3
 ABLATION_WEIGHTINGS: tuple[str, ...] = ("equal", "uncertainty", "dwa", "gradnorm", "pcgrad")
+# Data-efficiency condition (`cxrmtl ablate --rare-fraction`, data.rare_positive_fraction): the four rarest findings
+# of the real release by image prevalence, from Data_Entry_2017_v2020.csv's 112,120 rows as tabulated in
+# resources/phantom_stats.json ("combos", made by scripts/derive_phantom_stats.py): Hernia 227 images (0.20 %),
+# Pneumonia 1,431 (1.28 %), Fibrosis 1,686 (1.50 %), Edema 2,303 (2.05 %); the next are Emphysema 2,516 (2.24 %)
+# and Cardiomegaly 2,776 (2.48 %). A test recomputes the order from that file.
+RARE_FINDINGS: tuple[str, ...] = ("Hernia", "Pneumonia", "Fibrosis", "Edema")
+# Single-task models the ablation trains (`--single`): every chosen finding, only the rare findings whose positives
+# were cut (the others' single-task models do not depend on the cut), or none.
+ABLATION_SINGLE_MODES: tuple[str, ...] = ("all", "rare", "none")
+# Plateau verdict of the validation curves (ablate.curves): a curve has stopped rising when the best value of its last
+# third of evaluations is at most this much above the best value before it.
+ABLATION_PLATEAU_TOLERANCE: float = 0.005
 # --- end localisation and ablation ---------------------------------------------------------------------------------
 
 # --- data index and image reader (data/nih.py, data/imageio.py) -------------------------------------------------

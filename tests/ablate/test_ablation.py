@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -294,3 +295,193 @@ def test_predictions_come_from_the_final_checkpoint_not_the_best(tmp_path: Path)
     best = predict_split(load_run(run, which="best"), view, index, "test")
     assert np.allclose(saved.outputs["findings"], last.outputs["findings"])
     assert not np.allclose(saved.outputs["findings"], best.outputs["findings"])
+
+
+# -- data efficiency: label cut, single-task models for the cut findings only ----------------------------------------
+
+
+def test_plan_under_a_cut_trains_single_task_models_for_the_cut_findings_only(tmp_path: Path) -> None:
+    from cxrmtl.ablate.ablation import AblationOptions, plan_ablation
+
+    options = AblationOptions(data_root=tmp_path, out=tmp_path / "o", rare_fraction=0.1,
+                              rare_findings=("Hernia", "Edema"), weightings=("pcgrad",))
+    plan = plan_ablation(_config(), options)
+    assert plan.cut == ("Hernia", "Edema") and plan.single == ("Edema", "Hernia")  # in FINDINGS order
+    assert [v.name for v in plan.variants] == ["multitask", "findings_only", "single:Edema", "single:Hernia",
+                                               "weighting:pcgrad"]  # FINDINGS order
+    assert {(v.config.data.rare_positive_fraction, v.config.data.rare_findings) for v in plan.variants} == {
+        (0.1, ("Hernia", "Edema"))}  # every variant trains on the same reduced labels
+    everything = plan_ablation(_config(), dataclasses.replace(options, single="all"))
+    assert len(everything.single) == labels.NUM_FINDINGS
+    assert plan_ablation(_config(), dataclasses.replace(options, single="none")).single == ()
+    full = plan_ablation(_config(), AblationOptions(data_root=tmp_path, out=tmp_path / "o"))
+    assert full.cut == () and len(full.single) == labels.NUM_FINDINGS  # no cut: every single-task model
+    assert full.base.data.rare_positive_fraction == 1.0
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"single": "rare"}, "no label is cut"),
+    ({"rare_fraction": 0.1, "findings": ("Effusion", "Mass")}, "rare_findings: Hernia, Pneumonia, Fibrosis, Edema "
+                                                                "not among the compared findings"),
+    ({"rare_fraction": 0.0}, "rare_positive_fraction: must be in"),
+    ({"rare_fraction": 0.5, "rare_findings": ("Hernai",)}, "rare_findings: unknown finding"),
+])
+def test_plan_refuses_impossible_options(tmp_path: Path, changes: dict, message: str) -> None:
+    from cxrmtl.ablate.ablation import AblationOptions, plan_ablation
+
+    with pytest.raises(ConfigError, match=message):
+        plan_ablation(_config(), AblationOptions(data_root=tmp_path, out=tmp_path / "o", **changes))
+
+
+def _cut_table() -> Table:
+    """The two-finding table with Mass cut and a single-task arm that has a model for Mass only."""
+    table = _table()
+    single = table.arms["single_task"]
+    partial = [s.copy() for s in single.scores]
+    for s in partial:
+        s[:, 0] = np.nan  # no Effusion model
+    arms = {**table.arms, "single_task": ArmScores("single_task", single.seeds, tuple(partial), tuple(
+        _record("single_task", "single:Mass", s, 800) for s in (0, 1)), covered=("Mass",))}
+    return Table(table.findings, table.rows, table.patient_ids, table.labels, table.masks, arms,
+                 cut_findings=("Mass",))
+
+
+def test_partial_single_task_arm_is_compared_on_its_findings_only() -> None:
+    table = _cut_table()
+    summary = summarise(table, n_resamples=60)
+    single = summary["arms"]["single_task"]
+    assert single["covered"] == ["Mass"] and single["macro_auroc"]["mean"] is None
+    assert single["macro_auroc_cut"]["mean"] == pytest.approx(single["auroc"]["Mass"]["mean"])
+    assert single["auroc"]["Effusion"]["mean"] is None and single["models_per_seed"] == 1
+    comp = {(c["a"], c["b"]): c for c in summary["comparisons"]}
+    vs_single = comp[("multitask", "single_task")]
+    assert [r["compared"] for r in vs_single["findings"]] == [False, True]
+    assert vs_single["macro"]["over"] == ["Mass"] and vs_single["macro_cut"]["over"] == ["Mass"]
+    assert vs_single["macro_cut"]["diff"] == pytest.approx(vs_single["findings"][1]["diff"])
+    vs_fo = comp[("multitask", "findings_only")]
+    assert vs_fo["macro"]["over"] == ["Effusion", "Mass"] and vs_fo["macro_cut"]["over"] == ["Mass"]
+    direct = compare(table, "multitask", "findings_only", n_resamples=60)
+    assert vs_fo["findings"][1]["diff"] == pytest.approx(direct.diff[1])
+    json.dumps(summary, allow_nan=False)
+
+
+def test_report_of_a_cut_marks_what_was_not_trained_and_adds_the_cut_rows() -> None:
+    summary = summarise(_cut_table(), n_resamples=60)
+    label_cut = {"fraction": 0.25, "findings": ["Mass"], "unit": "image", "masked_not_negative": True,
+                 "split": "train", "per_finding": {"Mass": {"positives": 40, "kept": [10, 10]}}}
+    curves = {"multitask": {"steps": [5, 10, 15], "values": [0.6, 0.7, 0.7], "verdict": "plateaued",
+                            "gain_last_third": 0.0, "cut": {"values": [0.5, 0.6, 0.7], "verdict": "still rising",
+                                                            "gain_last_third": 0.1}}}
+    result = {"phantom": True, "data_root": "x", "split": "test", "seeds": [0, 1], "max_steps": None,
+              "baseline_weighting": "equal", "checkpoint": "last", "label_cut": label_cut,
+              "single": {"findings": ["Mass"], "all": False}, "curves": curves, **summary}
+    text = ablation_markdown(result)
+    assert "| Mass (cut) |" in text and "| Effusion | " in text
+    effusion = next(line for line in text.splitlines() if line.startswith("| Effusion |"))
+    assert effusion.count("—") == 2  # single-task AUROC and its Δ: no Effusion model
+    assert "| macro mean, cut findings (1) |" in text
+    assert "multitask (equal) vs single-task, cut findings: macro Δ" in text
+    assert "multitask (equal) vs single-task: macro Δ" not in text  # its macro is over Mass only: not a 2-finding mean
+    assert "Reduced training labels" in text and "0.25 of the training split's positive labels of Mass" in text
+    assert "| Mass | 40 | 10, 10 | 0.25 |" in text
+    assert "| multitask (equal) | 3 | 0.600 0.700 0.700 | +0.000 | plateaued |" in text
+    assert "| multitask (equal), cut findings | 3 | 0.500 0.600 0.700 | +0.100 | still rising |" in text
+    assert "Single-task models were trained only for Mass" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rare-fraction", "0"], "'--rare-fraction': 0 is not in (0, 1]"),
+    (["--rare-fraction", "1.5"], "'--rare-fraction': 1.5 is not in (0, 1]"),
+    (["--rare-fraction", "0.1", "--rare-findings", "Hernia,Hernai"], "'--rare-findings': unknown finding(s) 'Hernai'"),
+    (["--rare-fraction", "0.1", "--rare-findings", "Hernia,Hernia"], "names a finding twice"),
+    (["--rare-findings", "Hernia"], "'--rare-findings': cuts nothing without --rare-fraction below 1"),
+    (["--single", "rare"], "single: 'rare' trains single-task models for the findings whose labels are cut"),
+    (["--single", "some"], "'--single'"),
+    (["--rare-fraction", "0.1", "--findings", "Effusion,Mass"], "rare_findings: Hernia, Pneumonia, Fibrosis, Edema"),
+    (["--shard", "3/2"], "'--shard': '3/2' is not K/N"),
+])
+def test_ablate_command_rejects_bad_data_efficiency_options(tmp_path: Path, args: list[str], message: str) -> None:
+    """Through the real entry point: one line on stderr, exit status 2, nothing written (no phantom)."""
+    from trainkit import run_cli
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    out = tmp_path / "abl"
+    done = run_cli(["ablate", str(config), "--out", str(out), "--device", "cpu", *args], timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    assert not (out / "phantom").exists()
+
+
+@pytest.mark.slow
+def test_ablate_with_a_label_cut_end_to_end(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cxrmtl.cli import app
+    from cxrmtl.infer.predictor import Predictions
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    out, cache = tmp_path / "abl", tmp_path / "shared_cache"
+    args = ["ablate", str(config), "--out", str(out), "--seeds", "1", "--max-steps", "2", "--findings",
+            "Effusion,Pneumothorax,Hernia", "--rare-fraction", "0.25", "--rare-findings", "Hernia,Pneumothorax",
+            "--phantom-patients", "40", "--bootstrap", "30", "--device", "cpu", "--cache", str(cache)]
+    for shard in ("1/2", "2/2"):  # two processes could run these at once; each trains its half, compares nothing
+        part = CliRunner().invoke(app, [*args, "--shard", shard])
+        assert part.exit_code == 0 and f"shard {shard} done" in part.output, part.output
+        assert not (out / "ablation.json").exists()
+    assert len(list(out.glob("runs/*/seed*/ablation_run.json"))) == 4  # the two shards made every run
+    logs = {p: p.read_text() for p in out.glob("runs/*/seed*/log.jsonl")}
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert all(p.read_text() == text for p, text in logs.items())  # the unsharded call only compared
+    result = json.loads((out / "ablation.json").read_text())
+    assert result["schema"] == 3 and result["cut_findings"] == ["Hernia", "Pneumothorax"]
+    assert sorted(r["variant"] for r in result["runs"]) == [
+        "findings_only", "multitask", "single:Hernia", "single:Pneumothorax"]  # --single rare by default
+    assert (cache / "manifest.json").is_file() and not (out / "cache").exists()  # the shared cache was used
+    for record in result["runs"]:
+        cut = json.loads((out / record["run"] / "label_cut.json").read_text())
+        assert set(cut["findings"]) == {"Hernia", "Pneumothorax"} and cut["fraction"] == 0.25
+        for finding, entry in cut["findings"].items():
+            kept = result["label_cut"]["per_finding"][finding]
+            assert entry["kept"] == kept["kept"][0] == max(1, int(0.25 * entry["positives"] + 0.5))
+        preds = Predictions.load(out / record["run"] / "ablation_predictions.npz")
+        assert all(m.all() for m in preds.masks.values() if m.dtype == bool and m.ndim == 2)  # test: every label
+    assert result["single"] == {"findings": ["Pneumothorax", "Hernia"], "all": False}
+    assert result["arms"]["single_task"]["covered"] == ["Pneumothorax", "Hernia"]
+    assert set(result["curves"]) == {"multitask", "findings_only", "single_task"}
+    assert result["curves"]["multitask"]["verdict"] == "too few evaluations"  # 2 steps: one partial epoch
+    text = (out / "ablation.md").read_text()
+    assert "Reduced training labels" in text and "| macro mean, cut findings (2) |" in text
+    assert "Validation curves (budget check)" in text
+
+
+def test_static_task_weights_follow_the_tasks_of_each_variant() -> None:
+    """The demo recipe weights its auxiliary tasks 0.1: variants without them drop those weights (the engine would
+    refuse a weight for a task it does not have), and the weighting arms run their method as defined."""
+    base = from_dict(Config, {"tasks": {"specs": ["findings", "abnormal", "age"]},
+                              "weighting": {"method": "equal", "weights": {"findings": 2.0, "abnormal": 0.1,
+                                                                           "age": 0.1}}})
+    by_name = {v.name: v.config for v in plan_variants(base, findings=("Effusion", "Mass"),
+                                                        weightings=labels.ABLATION_WEIGHTINGS)}
+    assert by_name["multitask"].weighting.weights == {"findings:Effusion,Mass": 2.0, "abnormal": 0.1, "age": 0.1}
+    assert by_name["findings_only"].weighting.weights == {"findings:Effusion,Mass": 2.0}
+    assert by_name["single:Mass"].weighting.weights == {"findings:Mass": 2.0}
+    assert by_name["weighting:pcgrad"].weighting.weights == {} and "weighting:equal" in by_name  # unit weights
+    from cxrmtl.train.weighting import build_weighting
+
+    for cfg in by_name.values():  # every variant's weighting is one the engine builds for its tasks
+        w = cfg.weighting
+        build_weighting(w.method, task_names=list(cfg.tasks.specs), **w.kwargs,
+                        **({"weights": w.weights} if w.weights else {}))
+
+
+def test_report_names_the_static_weights_of_the_multitask_arm() -> None:
+    result = {"phantom": False, "data_root": "x", "split": "test", "seeds": [0, 1], "max_steps": None,
+              "baseline_weighting": "equal", "baseline_weights": {"abnormal": 0.1, "age": 0.1},
+              **summarise(_table(), n_resamples=30)}
+    text = ablation_markdown(result)
+    assert "| multitask (equal*) | 1 |" in text  # the cost row
+    assert "*Static task weights of the config: abnormal 0.1, age 0.1 (other tasks 1)" in text

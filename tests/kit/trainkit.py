@@ -54,7 +54,8 @@ def tiny_config(*overrides: str) -> Config:
         "model.backbone=test_convnext",
         "model.channels_last=false", "tasks.specs=[findings, abnormal, age, sex, view]", "optim.lr=0.003",
         "optim.warmup_steps=2", "train.epochs=2", "train.batch_size=4", "train.eval_batch_size=8",
-        "train.checkpoint_every=3", "train.progress=false", "train.log_every=1", "augment.rotate_deg=5",
+        "train.checkpoint_every=3", "train.progress=false", "train.log_every=1", "train.grad_norm_every=1",
+        "augment.rotate_deg=5", "train.amp=off",  # fp32: the same numbers on CPUs with and without native bf16
     ]
     return apply_overrides(Config(), [*base, *overrides])
 

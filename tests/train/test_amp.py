@@ -18,7 +18,8 @@ from torch import nn
 from trainkit import tiny_config
 
 from cxrmtl.runs.checkpoint import load_checkpoint
-from cxrmtl.train.loop import train
+from cxrmtl.train import loop
+from cxrmtl.train.loop import native_bf16, resolve_amp, train
 from cxrmtl.train.weighting import WEIGHTINGS, build_weighting
 
 NAMES = ("a", "b", "c")
@@ -100,3 +101,22 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_next_one_applies(method: st
     assert scaler.get_scale() == 2.0**10  # no overflow: no back-off
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [
+    (True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, None)])
+def test_auto_amp_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool,
+                                                                amx: bool, expected: torch.dtype | None) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu) is (expected is not None)
+    assert resolve_amp("auto", cpu) is expected
+    # explicit modes are taken as written, whatever the CPU
+    assert resolve_amp("off", cpu) is None and resolve_amp("bf16", cpu) is torch.bfloat16
+
+
+def test_auto_amp_survives_a_torch_without_the_cpu_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for probe in loop._CPU_BF16_PROBES:
+        monkeypatch.delattr(torch.cpu, probe, raising=False)
+    assert resolve_amp("auto", torch.device("cpu")) is None

@@ -35,6 +35,14 @@ def test_overrides_are_typed() -> None:
     assert apply_overrides(cfg, ["model.pretrained=true"]).model.pretrained is True
 
 
+def test_yaml_off_is_the_word_off_in_a_text_field(tmp_path) -> None:
+    # YAML 1.1 reads a bare `off` as False: the amp mode the user wrote is still "off", in a file and an override.
+    assert apply_overrides(Config(), ["train.amp=off"]).train.amp == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n", encoding="utf-8")
+    assert load_config(path).train.amp == "off"
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
@@ -45,8 +53,12 @@ def test_overrides_are_typed() -> None:
         ("model.channels_last=maybe", "model.channels_last"),
         ("augment.scale=[0.5]", "augment.scale"),
         ("train.amp=fp8", "train.amp"),
+        ("train.amp=yes", "train.amp"),
         ("seed", "key=value"),
         ("optim.lr.x=1", "optim.lr"),
+        ("data.rare_positive_fraction=0", "data.rare_positive_fraction"),
+        ("data.rare_positive_fraction=1.5", "data.rare_positive_fraction"),
+        ("data.rare_findings=[Hernai]", "data.rare_findings: unknown finding"),
     ],
 )
 def test_bad_overrides_name_the_field(override: str, needle: str) -> None:

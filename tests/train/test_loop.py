@@ -94,6 +94,18 @@ def test_weighting_methods_train(method: str, tiny_nih: Path, tiny_cache: Path, 
         assert any(g.get("name") == "weighting" and g["weight_decay"] == 0.0 for g in groups)
 
 
+def test_grad_norm_measurement_is_separate_from_step_logging(tiny_nih: Path, tiny_cache: Path,
+                                                              tmp_path: Path) -> None:
+    # Gradient norms cost one backward per task: grad_norm_every=0 turns them off while step records stay.
+    out = tmp_path / "nonorm"
+    train(tiny_config("train.epochs=1", "train.grad_norm_every=0"), data_root=tiny_nih, out=out,
+          cache_dir=tiny_cache, device="cpu")
+    records = _records(out)
+    steps = [r for r in records if r.get("event") == "step"]
+    assert len(steps) == 7 and all(math.isfinite(r["loss/findings"]) for r in steps)
+    assert not any(key.startswith(("gradnorm/", "train/gradnorm/")) for r in records for key in r)
+
+
 def test_single_finding_task_with_undefined_metric_still_selects(tiny_nih: Path, tiny_cache: Path,
                                                                  tmp_path: Path) -> None:
     # No tiny image has Pneumothorax: its val AUROC is undefined (NaN), yet a best checkpoint must exist.

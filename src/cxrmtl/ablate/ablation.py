@@ -4,9 +4,15 @@ Variants, all trained with the same budget (the config's epochs / ``max_steps``)
 
 - ``multitask``: the config as given (findings plus its auxiliary heads: abnormal, age, sex, view, ...);
 - ``findings_only``: the same network without the auxiliary heads;
-- ``single:<finding>``: one network per finding (the ``single_task`` arm collects them);
+- ``single:<finding>``: one network per finding (the ``single_task`` arm collects them); under a label cut by
+  default only for the cut findings (``single="rare"``): the other findings' single-task models do not depend on it;
 - ``weighting:<method>``: the multitask config with another loss weighting (equal, uncertainty, DWA, GradNorm,
-  PCGrad); the config's own method is the ``multitask`` run itself and is not trained twice.
+  PCGrad), as the method defines it: the config's static task weights (``weighting.weights``, e.g. the demo
+  recipe's auxiliary weights 0.1) and options belong to the config's own method; a variant identical to the config's
+  weighting is the ``multitask`` run itself and is not trained twice (``equal`` is trained, as the plain sum of the
+  losses, when the config gives static weights).
+
+Variants without the auxiliary heads keep the findings task's static weight and drop the others'.
 
 Each (variant, seed) trains through the engine's ``cxrmtl.train.loop.train`` into ``OUT/runs/<variant>/seed<k>``
 and predicts the evaluation split; a finished run leaves ``ablation_run.json`` and ``ablation_predictions.npz``
@@ -18,6 +24,13 @@ Checkpoint rule (the same in every arm, docs/ablation.md): every model is scored
 same step budget, early stopping off. Best-on-val selection would not be fair: each single-task model would pick
 the best epoch for its own finding (a best-of-K choice per finding) while the multitask model gets one epoch for all
 findings. The comparison runs on the test split; ``val`` is allowed but loudly labelled, ``train`` is refused.
+
+Data efficiency: with ``data.rare_positive_fraction`` < 1 (``--rare-fraction``) every variant trains on the same
+reduced labels (``data.labelcut``: the training split's positives of ``data.rare_findings`` partly masked, per seed);
+val and test keep every label. The report then adds a macro row over the cut findings.
+
+Budget check: ``ablate.curves`` reads each run's per-epoch validation AUROC (RUN/log.jsonl) and says per arm whether
+it had stopped rising by the end (the final checkpoint is only a fair choice where it had).
 """
 
 from __future__ import annotations
@@ -34,8 +47,9 @@ from typing import Any
 import numpy as np
 
 from cxrmtl import labels
+from cxrmtl.ablate.curves import arm_curves
 from cxrmtl.ablate.paired import PairedResult, macro_difference, paired_auroc_difference
-from cxrmtl.config import Config, to_dict
+from cxrmtl.config import Config, WeightingConfig, to_dict
 from cxrmtl.errors import ConfigError, EvaluationError, RunError
 from cxrmtl.eval.datakind import DataDescription, describe_data
 from cxrmtl.eval.metrics import auroc
@@ -45,7 +59,7 @@ RUN_MARKER = "ablation_run.json"
 PREDICTIONS_FILE = "ablation_predictions.npz"
 RESULT_JSON = "ablation.json"
 RESULT_MD = "ablation.md"
-SCHEMA = 2  # 2: final-checkpoint rule, "checkpoint" and "data" fields
+SCHEMA = 3  # 2: final-checkpoint rule, "checkpoint" and "data" fields; 3: "label_cut", "curves", "covered"
 # Every arm is scored with this checkpoint of each of its models (see the module docstring and docs/ablation.md).
 CHECKPOINT_RULE = "last"
 COMPARE_SPLITS: tuple[str, ...] = ("test", "val")  # train is refused: in-sample numbers say nothing
@@ -70,7 +84,16 @@ def _is_findings(spec: str) -> bool:
 
 
 def _with_specs(base: Config, specs: Sequence[str]) -> Config:
-    return dataclasses.replace(base, tasks=dataclasses.replace(base.tasks, specs=tuple(specs)))
+    """``base`` with these tasks; its static task weights (``weighting.weights``, keyed by task name) follow: the
+    findings task's weight moves to the new findings spec, weights of tasks the variant drops go with them."""
+    findings = next(s for s in specs if _is_findings(s))
+    weights = {}
+    for name, value in base.weighting.weights.items():
+        target = findings if _is_findings(name) else name
+        if target in specs:
+            weights[target] = value
+    return dataclasses.replace(base, tasks=dataclasses.replace(base.tasks, specs=tuple(specs)),
+                               weighting=dataclasses.replace(base.weighting, weights=weights))
 
 
 def _multitask(base: Config, *, spec: str, arg: str | None) -> Config:
@@ -87,8 +110,10 @@ def _single(base: Config, *, spec: str, arg: str | None) -> Config:
 
 
 def _weighting(base: Config, *, spec: str, arg: str | None) -> Config:
+    """The multitask config under method ``arg`` as the method defines it: the config's static task weights and
+    method options belong to the config's own method (an "equal" variant is then the plain sum of the losses)."""
     cfg = _multitask(base, spec=spec, arg=None)
-    return dataclasses.replace(cfg, weighting=dataclasses.replace(cfg.weighting, method=str(arg)))
+    return dataclasses.replace(cfg, weighting=WeightingConfig(method=str(arg)))
 
 
 # kind -> (config transform, arm the variant belongs to)
@@ -129,9 +154,13 @@ def make_variant(base: Config, name: str, *, findings: Sequence[str] | None) -> 
 
 
 def plan_variants(
-    base: Config, *, findings: Sequence[str] | None = None, weightings: Sequence[str] = ()
+    base: Config, *, findings: Sequence[str] | None = None, weightings: Sequence[str] = (),
+    single: Sequence[str] | None = None,
 ) -> list[Variant]:
-    """Every variant of the ablation, in training order; checks the config can be ablated at all."""
+    """Every variant of the ablation, in training order; checks the config can be ablated at all.
+
+    ``single``: the findings that get a single-task model (None: every chosen finding; empty: none).
+    """
     if not any(_is_findings(s) for s in base.tasks.specs):
         raise ConfigError("tasks.specs: the ablation compares findings AUROC, but the config has no findings task")
     if all(_is_findings(s) for s in base.tasks.specs):
@@ -141,9 +170,18 @@ def plan_variants(
     if unknown:
         raise ConfigError(f"weightings: unknown {unknown}; choose from {', '.join(labels.ABLATION_WEIGHTINGS)}")
     chosen = tuple(findings) if findings is not None else labels.FINDINGS
-    names = ["multitask", "findings_only", *(f"single:{f}" for f in chosen)]
-    names += [f"weighting:{m}" for m in dict.fromkeys(weightings) if m != base.weighting.method]
-    return [make_variant(base, name, findings=findings) for name in names]
+    alone = chosen if single is None else tuple(single)
+    outside = [f for f in alone if f not in chosen]
+    if outside:
+        raise ConfigError(f"single: {', '.join(outside)} not among the compared findings ({', '.join(chosen)})")
+    names = ["multitask", "findings_only", *(f"single:{f}" for f in chosen if f in alone)]
+    variants = [make_variant(base, name, findings=findings) for name in names]
+    baseline = variants[0].config.weighting
+    for method in dict.fromkeys(weightings):
+        variant = make_variant(base, f"weighting:{method}", findings=findings)
+        if variant.config.weighting != baseline:  # the config's own weighting is the multitask run itself
+            variants.append(variant)
+    return variants
 
 
 def seeded(variant: Variant, *, seed: int, max_steps: int | None) -> Config:
@@ -202,11 +240,12 @@ class Harness:
     split: str = "test"
     device: str = "auto"
     batch_size: int = 64
+    cache: Path | None = None  # shared preprocessing cache; default OUT/cache
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # index and cache, opened once
 
     @property
     def cache_dir(self) -> Path:
-        return self.out / "cache"
+        return self.cache if self.cache is not None else self.out / "cache"
 
     def run_dir(self, variant: Variant, seed: int) -> Path:
         return self.out / "runs" / variant.dirname / f"seed{seed}"
@@ -291,8 +330,12 @@ class ArmScores:
 
     arm: str
     seeds: tuple[int, ...]
-    scores: tuple[np.ndarray, ...]
+    scores: tuple[np.ndarray, ...]  # NaN in the columns of findings the arm has no model for
     records: tuple[RunRecord, ...]
+    covered: tuple[str, ...] | None = None  # findings the arm predicts (None: all of the table's)
+
+    def predicts(self, finding: str) -> bool:
+        return self.covered is None or finding in self.covered
 
 
 def _findings_columns(preds: Any, findings: Sequence[str], *, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -325,9 +368,12 @@ class Table:
     labels: np.ndarray
     masks: np.ndarray
     arms: dict[str, ArmScores]
+    cut_findings: tuple[str, ...] = ()  # findings whose training positives were cut (empty: every label used)
 
 
-def build_table(out: Path, records: Sequence[RunRecord], *, findings: Sequence[str]) -> Table:
+def build_table(
+    out: Path, records: Sequence[RunRecord], *, findings: Sequence[str], cut_findings: Sequence[str] = ()
+) -> Table:
     """Load every run's predictions and align them on the images all of them scored."""
     loaded = {(r.variant, r.seed): (r, _load_predictions(out, r)) for r in records}
     common = None
@@ -345,7 +391,8 @@ def build_table(out: Path, records: Sequence[RunRecord], *, findings: Sequence[s
     ref_pos = np.searchsorted(ref.rows, common)
     arms = _arm_scores(loaded, common, findings)
     return Table(findings=tuple(findings), rows=common, patient_ids=first.patient_ids[pos],
-                 labels=targets[ref_pos].astype(np.int8), masks=masks[ref_pos].astype(bool), arms=arms)
+                 labels=targets[ref_pos].astype(np.int8), masks=masks[ref_pos].astype(bool), arms=arms,
+                 cut_findings=tuple(cut_findings))
 
 
 def _arm_scores(loaded: dict, common: np.ndarray, findings: Sequence[str]) -> dict[str, ArmScores]:
@@ -355,7 +402,7 @@ def _arm_scores(loaded: dict, common: np.ndarray, findings: Sequence[str]) -> di
     arms = {}
     for arm, per_seed in by_arm.items():
         seeds = tuple(sorted(per_seed))
-        arrays, records = [], []
+        arrays, records, covered = [], [], None
         for seed in seeds:
             matrix = np.full((common.size, len(findings)), np.nan)
             for record, preds in per_seed[seed]:
@@ -364,10 +411,16 @@ def _arm_scores(loaded: dict, common: np.ndarray, findings: Sequence[str]) -> di
                 pos = np.searchsorted(preds.rows, common)
                 matrix[:, [findings.index(f) for f in have]] = scores[pos]
                 records.append(record)
-            if np.isnan(matrix).any():
-                raise EvaluationError(f"ablation: arm {arm} seed {seed} lacks scores for some findings")
+            has = tuple(f for k, f in enumerate(findings) if not np.isnan(matrix[:, k]).any())
+            if covered is not None and has != covered:
+                raise EvaluationError(f"ablation: arm {arm} seed {seed} has models for {list(has)}, another seed for "
+                                      f"{list(covered)}")
+            covered = has
             arrays.append(matrix)
-        arms[arm] = ArmScores(arm=arm, seeds=seeds, scores=tuple(arrays), records=tuple(records))
+        if not covered:
+            raise EvaluationError(f"ablation: arm {arm} has no complete scores for any finding")
+        arms[arm] = ArmScores(arm=arm, seeds=seeds, scores=tuple(arrays), records=tuple(records),
+                              covered=None if len(covered) == len(findings) else covered)
     return arms
 
 
@@ -377,9 +430,12 @@ def _head_names(preds: Any) -> list[str]:
 
 def per_seed_auroc(table: Table, arm: str) -> np.ndarray:
     """(seeds, F) AUROC of every seed of ``arm`` (NaN where a finding has one class only)."""
-    out = np.full((len(table.arms[arm].scores), len(table.findings)), np.nan)
-    for s, scores in enumerate(table.arms[arm].scores):
-        for k in range(len(table.findings)):
+    scored = table.arms[arm]
+    out = np.full((len(scored.scores), len(table.findings)), np.nan)
+    for s, scores in enumerate(scored.scores):
+        for k, finding in enumerate(table.findings):
+            if not scored.predicts(finding):
+                continue
             keep = table.masks[:, k]
             value = auroc(scores[keep, k], table.labels[keep, k])
             out[s, k] = np.nan if value is None else value
@@ -387,15 +443,40 @@ def per_seed_auroc(table: Table, arm: str) -> np.ndarray:
 
 
 def compare(table: Table, arm_a: str, arm_b: str, *, n_resamples: int, seed: int = 0) -> PairedResult:
-    """Paired bootstrap of AUROC(arm_a) - AUROC(arm_b), seeds paired one to one (common seeds only)."""
+    """Paired bootstrap of AUROC(arm_a) - AUROC(arm_b), seeds paired one to one (common seeds only), over the
+    findings both arms predict (all of them unless an arm, e.g. single-task under ``single="rare"``, has fewer)."""
     a, b = table.arms[arm_a], table.arms[arm_b]
     seeds = [s for s in a.seeds if s in b.seeds]
     if not seeds:
         raise EvaluationError(f"ablation: arms {arm_a} and {arm_b} share no seed")
-    pick_a = [a.scores[a.seeds.index(s)] for s in seeds]
-    pick_b = [b.scores[b.seeds.index(s)] for s in seeds]
-    return paired_auroc_difference(pick_a, pick_b, table.labels, table.patient_ids, mask=table.masks,
-                                   names=table.findings, n_resamples=n_resamples, seed=seed)
+    cols = [k for k, f in enumerate(table.findings) if a.predicts(f) and b.predicts(f)]
+    if not cols:
+        raise EvaluationError(f"ablation: arms {arm_a} and {arm_b} predict no finding in common")
+    pick_a = [a.scores[a.seeds.index(s)][:, cols] for s in seeds]
+    pick_b = [b.scores[b.seeds.index(s)][:, cols] for s in seeds]
+    return paired_auroc_difference(pick_a, pick_b, table.labels[:, cols], table.patient_ids,
+                                   mask=table.masks[:, cols], names=[table.findings[k] for k in cols],
+                                   n_resamples=n_resamples, seed=seed)
+
+
+def subset_result(result: PairedResult, names: Sequence[str]) -> PairedResult | None:
+    """The columns ``names`` of a paired result (those it has), for a macro over a subset; None if it has none."""
+    cols = [result.names.index(n) for n in names if n in result.names]
+    if not cols:
+        return None
+    return dataclasses.replace(
+        result, names=tuple(result.names[k] for k in cols), auroc_a=result.auroc_a[cols],
+        auroc_b=result.auroc_b[cols], diff=result.diff[cols], low=result.low[cols], high=result.high[cols],
+        p_value=result.p_value[cols], n_valid=result.n_valid[cols], samples=result.samples[:, cols])
+
+
+def _comparison_rows(table: Table, result: PairedResult) -> list[dict[str, Any]]:
+    """One row per finding of the table (``compared`` False, numbers None, where an arm has no model for it)."""
+    by_name = {row["name"]: row for row in result.rows()}
+    empty = {"auroc_a": None, "auroc_b": None, "diff": None, "low": None, "high": None, "p_value": None,
+             "n_valid": 0}
+    return [{**by_name[f], "compared": True} if f in by_name else {"name": f, **empty, "compared": False}
+            for f in table.findings]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,16 +505,26 @@ def _arm_summary(table: Table, arm: str) -> dict[str, Any]:
         "train_seconds": [sum(r.train_seconds for r in rs) for rs in groups],
         "infer_ms_per_image": [sum(1000 * r.infer_seconds / max(r.infer_images, 1) for r in rs) for rs in groups],
     }
-    with np.errstate(all="ignore"):
-        macro = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in per_seed])
+    full = scores.covered is None
+    cut = [k for k, f in enumerate(table.findings) if f in table.cut_findings]
+    cut_covered = bool(cut) and all(scores.predicts(table.findings[k]) for k in cut)
     return {
         "title": ARM_TITLES.get(arm, arm.replace("weighting:", "weighting ")),
         "seeds": list(scores.seeds),
         "models_per_seed": len(scores.records) // max(len(scores.seeds), 1),
+        "covered": list(table.findings) if full else list(scores.covered or ()),
         "auroc": {f: _spread(per_seed[:, k]) for k, f in enumerate(table.findings)},
-        "macro_auroc": _spread(macro),
+        # over all findings only for an arm that predicts all of them (a partial arm's mean is another quantity)
+        "macro_auroc": _spread(_row_means(per_seed) if full else np.full(len(per_seed), np.nan)),
+        "macro_auroc_cut": _spread(_row_means(per_seed[:, cut])) if cut_covered else None,
         **{key: _spread(np.asarray(values, dtype=np.float64)) for key, values in costs.items()},
     }
+
+
+def _row_means(values: np.ndarray) -> np.ndarray:
+    """Per row (seed), the mean of the finite entries; NaN where a row has none."""
+    with np.errstate(all="ignore"):
+        return np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in values])
 
 
 def comparisons_for(arms: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -449,13 +540,19 @@ def summarise(table: Table, *, n_resamples: int, seed: int = 0) -> dict[str, Any
     comparisons = []
     for group, a, b in comparisons_for(order):
         result = compare(table, a, b, n_resamples=n_resamples, seed=seed)
-        comparisons.append({"group": group, "a": a, "b": b, "level": result.level, "n_resamples": n_resamples,
-                            "findings": result.rows(), "macro": macro_difference(result)})
+        cut = subset_result(result, table.cut_findings) if table.cut_findings else None
+        comparisons.append({
+            "group": group, "a": a, "b": b, "level": result.level, "n_resamples": n_resamples,
+            "findings": _comparison_rows(table, result),
+            "macro": {**macro_difference(result), "over": list(result.names)},
+            "macro_cut": None if cut is None else {**macro_difference(cut), "over": list(cut.names)},
+        })
     return {
         "findings": list(table.findings),
         "images": int(table.rows.size),
         "patients": int(np.unique(table.patient_ids).size),
         "positives": {f: int(table.labels[table.masks[:, k], k].sum()) for k, f in enumerate(table.findings)},
+        "cut_findings": list(table.cut_findings),
         "arms": {arm: _arm_summary(table, arm) for arm in order},
         "comparisons": comparisons,
     }
@@ -494,29 +591,106 @@ class AblationOptions:
     device: str = "auto"
     batch_size: int = 64
     phantom: bool = False  # the command wrote the phantom itself; a phantom.json in data_root is detected anyway
+    # Data efficiency: keep this fraction of the training positives of rare_findings (None: the config's
+    # data.rare_positive_fraction, 1 unless set); rare_findings None: the config's data.rare_findings.
+    rare_fraction: float | None = None
+    rare_findings: tuple[str, ...] | None = None
+    single: str | None = None  # all | rare | none (labels.ABLATION_SINGLE_MODES); None: rare under a cut, else all
+    cache: Path | None = None  # shared preprocessing cache (default OUT/cache)
+    # (k, n): train only every n-th (variant, seed) run from the k-th (1-based) and compare nothing, so n processes
+    # can share the runs of one OUT; a later call without a shard finds them finished and compares.
+    shard: tuple[int, int] | None = None
 
 
-def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train every (variant, seed) not yet finished, compare, write OUT/ablation.json and OUT/ablation.md."""
+def with_label_cut(base: Config, *, fraction: float | None, findings: Sequence[str] | None) -> Config:
+    """``base`` with the options' label cut in ``data`` (None keeps the config's value); checks the cut."""
+    from cxrmtl.config import check_rare_positive_cut
+
+    data = base.data
+    data = dataclasses.replace(
+        data,
+        rare_positive_fraction=data.rare_positive_fraction if fraction is None else float(fraction),
+        rare_findings=data.rare_findings if findings is None else tuple(findings))
+    check_rare_positive_cut(data.rare_findings, data.rare_positive_fraction, where="data")
+    return dataclasses.replace(base, data=data)
+
+
+def cut_findings_of(cfg: Config) -> tuple[str, ...]:
+    """The findings whose training positives ``cfg`` cuts (empty when it keeps every label)."""
+    return tuple(cfg.data.rare_findings) if cfg.data.rare_positive_fraction < 1.0 else ()
+
+
+def single_findings(mode: str | None, *, chosen: Sequence[str], cut: Sequence[str]) -> tuple[str, ...]:
+    """Which findings get a single-task model under ``mode`` (all | rare | none; None: rare under a cut, else all)."""
+    if mode is None:
+        mode = "rare" if cut else "all"
+    if mode not in labels.ABLATION_SINGLE_MODES:
+        raise ConfigError(f"single: {mode!r} is not one of {', '.join(labels.ABLATION_SINGLE_MODES)}")
+    if mode == "rare" and not cut:
+        raise ConfigError("single: 'rare' trains single-task models for the findings whose labels are cut, but no "
+                          "label is cut (rare_fraction is 1); use all or none, or a rare fraction below 1")
+    picks = {"all": tuple(chosen), "rare": tuple(f for f in chosen if f in cut), "none": ()}
+    return picks[mode]
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """What an ablation will train, decided from the config and the options alone (no data read)."""
+
+    base: Config  # the config with the options' label cut
+    findings: tuple[str, ...]  # compared findings
+    cut: tuple[str, ...]  # findings whose training positives are cut (empty: every label)
+    single: tuple[str, ...]  # findings that get a single-task model
+    variants: tuple[Variant, ...]
+
+
+def plan_ablation(base: Config, options: AblationOptions) -> AblationPlan:
+    """Check the options against the config and plan the variants; every mistake is a one-line ConfigError, raised
+    before any data is written or read (the command calls this before it writes a phantom)."""
+    if options.seeds < 1:
+        raise ConfigError(f"seeds: need at least 1, got {options.seeds}")
+    if options.shard is not None and not 1 <= options.shard[0] <= options.shard[1]:
+        raise ConfigError(f"shard: {options.shard[0]}/{options.shard[1]} is not K/N with 1 <= K <= N")
+    check_split(options.split)
+    base = with_label_cut(base, fraction=options.rare_fraction, findings=options.rare_findings)
+    findings = tuple(options.findings) if options.findings is not None else labels.FINDINGS
+    cut = cut_findings_of(base)
+    outside = [f for f in cut if f not in findings]
+    if outside:
+        raise ConfigError(f"rare_findings: {', '.join(outside)} not among the compared findings "
+                          f"({', '.join(findings)}); cut only findings the models predict")
+    single = single_findings(options.single, chosen=findings, cut=cut)
+    variants = plan_variants(base, findings=options.findings, weightings=options.weightings, single=single)
+    return AblationPlan(base=base, findings=findings, cut=cut, single=single, variants=tuple(variants))
+
+
+def run_ablation(
+    base: Config, options: AblationOptions, *, log: Callable[[str], None] = print
+) -> dict[str, Any] | None:
+    """Train every (variant, seed) not yet finished, compare, write OUT/ablation.json and OUT/ablation.md; with
+    ``options.shard`` train only that shard's runs and return None (nothing compared, nothing written)."""
     from cxrmtl.ablate.report import ablation_markdown, ablation_section
     from cxrmtl.fsio import atomic_write_text
 
-    if options.seeds < 1:
-        raise ConfigError(f"seeds: need at least 1, got {options.seeds}")
-    check_split(options.split)
-    variants = plan_variants(base, findings=options.findings, weightings=options.weightings)
+    plan = plan_ablation(base, options)
+    base, findings, cut, single, variants = plan.base, plan.findings, plan.cut, plan.single, plan.variants
     harness = Harness(data_root=options.data_root, out=options.out, split=options.split, device=options.device,
-                      batch_size=options.batch_size)
+                      batch_size=options.batch_size, cache=options.cache)
     options.out.mkdir(parents=True, exist_ok=True)
     seeds = [base.seed + k for k in range(options.seeds)]
     prepare_cache(harness, base)
+    pairs = [(variant, seed) for variant in variants for seed in seeds]
+    if options.shard is not None:
+        k, n = options.shard
+        for variant, seed in pairs[k - 1::n]:
+            log(f"ablation (shard {k}/{n}): {variant.name} seed {seed}")
+            run_variant(harness, variant, seed=seed, max_steps=options.max_steps)
+        return None
     records = []
-    for variant in variants:
-        for seed in seeds:
-            log(f"ablation: {variant.name} seed {seed}")
-            records.append(run_variant(harness, variant, seed=seed, max_steps=options.max_steps))
-    findings = tuple(options.findings) if options.findings is not None else labels.FINDINGS
-    table = build_table(options.out, records, findings=findings)
+    for variant, seed in pairs:
+        log(f"ablation: {variant.name} seed {seed}")
+        records.append(run_variant(harness, variant, seed=seed, max_steps=options.max_steps))
+    table = build_table(options.out, records, findings=findings, cut_findings=cut)
     data = describe_table(harness, base, table, phantom=options.phantom)
     result = {
         "schema": SCHEMA,
@@ -530,11 +704,39 @@ def run_ablation(base: Config, options: AblationOptions, *, log: Callable[[str],
         "seeds": seeds,
         "max_steps": options.max_steps,
         "baseline_weighting": base.weighting.method,
+        "baseline_weights": dict(base.weighting.weights),
         "config": to_dict(base),
+        "label_cut": label_cut_summary(options.out, base, records),
+        "single": {"findings": list(single), "all": single == findings},
         **summarise(table, n_resamples=options.n_resamples),
+        "curves": arm_curves(options.out, records, cut_findings=cut),
         "runs": [dataclasses.asdict(r) for r in records],
     }
     atomic_write_text(options.out / RESULT_JSON, json.dumps(result, indent=2, allow_nan=False) + "\n")
     atomic_write_text(options.out / RESULT_MD, ablation_markdown(result))
     atomic_write_text(options.out / "ablation_section.json", json.dumps(ablation_section(result).to_json()) + "\n")
     return result
+
+
+def label_cut_summary(out: Path, cfg: Config, records: Sequence[RunRecord]) -> dict[str, Any] | None:
+    """What the cut did (from the multitask runs' RUN/label_cut.json): per cut finding, its training positives and
+    the kept count per seed; None when every label was used."""
+    from cxrmtl.fsio import read_json_file
+    from cxrmtl.runs.layout import LABEL_CUT_FILE
+
+    cut = cut_findings_of(cfg)
+    if not cut:
+        return None
+    per_finding: dict[str, dict[str, Any]] = {f: {"positives": None, "kept": []} for f in cut}
+    for record in sorted((r for r in records if r.arm == "multitask"), key=lambda r: r.seed):
+        path = out / record.run / LABEL_CUT_FILE
+        doc = read_json_file(path, error=RunError)
+        if not isinstance(doc, dict) or not isinstance(doc.get("findings"), dict):
+            raise RunError(f"{path}: missing or not a label-cut record, but the run was trained on cut labels; delete "
+                           "the run folder to redo it")
+        for finding in cut:
+            entry = doc["findings"].get(finding) or {}
+            per_finding[finding]["positives"] = entry.get("positives")
+            per_finding[finding]["kept"].append(entry.get("kept"))
+    return {"fraction": cfg.data.rare_positive_fraction, "findings": list(cut), "unit": "image",
+            "masked_not_negative": True, "split": "train", "per_finding": per_finding}

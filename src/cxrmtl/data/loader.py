@@ -22,6 +22,7 @@ from cxrmtl.errors import CacheError, ConfigError
 
 if TYPE_CHECKING:
     from cxrmtl.data.cache import CacheView
+    from cxrmtl.data.labelcut import CutCount, LabelCut
     from cxrmtl.data.nih import NIHIndex
 
 Batch = dict[str, object]
@@ -36,13 +37,15 @@ class Samples:
     patient_ids: np.ndarray  # int64
     targets: dict[str, np.ndarray]  # float32, first axis = sample
     masks: dict[str, np.ndarray]  # bool, same shapes as targets
+    cut: tuple[CutCount, ...] = ()  # what a label cut (data.labelcut) masked; empty without one
 
     def __len__(self) -> int:
         return len(self.index_rows)
 
 
-def select_samples(*, cache: CacheView, index: NIHIndex, split: str) -> Samples:
-    """The rows of ``split`` whose image has a good cache row, with their targets and masks."""
+def select_samples(*, cache: CacheView, index: NIHIndex, split: str, label_cut: LabelCut | None = None) -> Samples:
+    """The rows of ``split`` whose image has a good cache row, with their targets and masks; ``label_cut`` masks
+    positive labels of chosen findings among exactly these samples (the training split's, ``data.labelcut``)."""
     rows = np.asarray(index.rows(split), dtype=np.int64)
     names = index.table["image"].to_numpy()[rows]
     cache_rows = cache.rows_for(names)
@@ -54,7 +57,12 @@ def select_samples(*, cache: CacheView, index: NIHIndex, split: str) -> Samples:
     targets = {name: np.ascontiguousarray(all_targets[name][0][rows], dtype=np.float32) for name in labels.TARGET_NAMES}
     masks = {name: np.ascontiguousarray(all_targets[name][1][rows], dtype=bool) for name in labels.TARGET_NAMES}
     patient_ids = index.table["patient_id"].to_numpy().astype(np.int64)[rows]
-    return Samples(rows, cache_rows, patient_ids, targets, masks)
+    if label_cut is None:
+        return Samples(rows, cache_rows, patient_ids, targets, masks)
+    from cxrmtl.data.labelcut import cut_positives
+
+    masks, counts = cut_positives(targets, masks, rows, label_cut)
+    return Samples(rows, cache_rows, patient_ids, targets, masks, cut=counts)
 
 
 def shard_order(
@@ -191,8 +199,10 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 0,
+    label_cut: LabelCut | None = None,
 ) -> BatchLoader:
-    """A loader over the good cache rows of ``split`` for ``rank`` of ``world_size`` (docs/architecture.md)."""
+    """A loader over the good cache rows of ``split`` for ``rank`` of ``world_size`` (docs/architecture.md);
+    ``label_cut`` masks positive labels of chosen findings (``data.labelcut``; training only)."""
     _check_int("batch_size", batch_size, 1)
     _check_int("world_size", world_size, 1)
     _check_int("rank", rank, 0)
@@ -200,7 +210,7 @@ def make_loader(
     _check_int("seed", seed, 0)
     if rank >= world_size:
         raise ConfigError(f"rank: {rank} must be < world_size {world_size}")
-    samples = select_samples(cache=cache, index=index, split=split)
+    samples = select_samples(cache=cache, index=index, split=split, label_cut=label_cut)
     loader = BatchLoader(cache=cache, samples=samples, batch_size=batch_size, shuffle=shuffle, seed=seed,
                          drop_last=drop_last, rank=rank, world_size=world_size, num_workers=num_workers)
     if len(loader) == 0:

@@ -23,13 +23,22 @@ def build_tasks_for(cfg: Config, *, pos_weight: Mapping[str, np.ndarray] | None)
                        regression_kwargs=dict(t.regression_kwargs), **dict(t.loss_kwargs))
 
 
-def train_pos_weight(cfg: Config, index: NIHIndex) -> dict[str, np.ndarray] | None:
-    """Positive-class weights from the training split's prevalence when ``tasks.pos_weight`` is on."""
+def train_pos_weight(
+    cfg: Config, index: NIHIndex, *, train_targets: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+) -> dict[str, np.ndarray] | None:
+    """Positive-class weights from the training split's prevalence when ``tasks.pos_weight`` is on.
+
+    ``train_targets`` (name -> (values, mask) of the samples training sees): used instead of the index's training
+    rows when the labels training sees differ from the index's (a label cut, ``data.labelcut``).
+    """
     if not cfg.tasks.pos_weight:
         return None
     from cxrmtl.tasks import compute_pos_weights
 
     cap = cfg.tasks.pos_weight_max or None
+    if train_targets is not None:
+        rows = np.arange(len(train_targets["findings"][0]))
+        return compute_pos_weights(train_targets, rows, max_weight=cap)
     return compute_pos_weights(index.targets(), index.rows("train"), max_weight=cap)
 
 

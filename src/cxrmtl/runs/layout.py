@@ -9,6 +9,7 @@ Layout (docs/architecture.md, docs/training.md)::
     RUN/tb/              TensorBoard scalars
     RUN/checkpoints/     last.pt (resume), best.pt (selected model)
     RUN/data.json        the data it was trained on: data root, cache folder, index fingerprint, kind, counts
+    RUN/label_cut.json   only when trained on reduced labels: which positives were kept (data.labelcut)
     RUN/thresholds.json  written later by evaluation (operating points); read only by eval.thresholds.load_thresholds
     RUN/.run.lock        advisory lock held by the training process (who holds it: pid, host, since)
 
@@ -44,6 +45,7 @@ LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 THRESHOLDS_FILE = "thresholds.json"
 DATA_FILE = "data.json"
+LABEL_CUT_FILE = "label_cut.json"  # only in runs trained on reduced labels (data.rare_positive_fraction < 1)
 LOCK_FILE = ".run.lock"
 
 

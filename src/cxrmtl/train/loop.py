@@ -86,14 +86,31 @@ def _mix_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1)
 
 
+# CPU features under which oneDNN runs bf16 convolutions natively (torch.cpu's probes; private, hence getattr)
+_CPU_BF16_PROBES: tuple[str, ...] = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX.
+
+    Elsewhere bf16 autocast is emulated and slower than fp32. Measured on the 2-core AVX512-BF16 machine
+    (BENCHMARKS.md, "Training recipe"): a resnet18 step at 128 px costs 0.54x its fp32 time.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in _CPU_BF16_PROBES)
+    return False
+
+
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto -> bf16 on CUDA (no loss scaling needed), off on CPU (bf16 there only pays on AMX/AVX512-BF16 CPUs).
+    """auto -> bf16 autocast where the device computes bf16 natively (``native_bf16``), fp32 elsewhere.
 
     fp16 (with loss scaling) runs on CPU too (torch >= 2.x autocast and GradScaler support it), slowly on CPUs
     without native fp16 arithmetic; it is allowed so that the fp16 path can be checked without a GPU.
     """
     if mode == "auto":
-        mode = "bf16" if device.type == "cuda" else "off"
+        mode = "bf16" if native_bf16(device) else "off"
     return AMP_DTYPES[mode]
 
 
@@ -151,6 +168,7 @@ class Trainer:
         self.per_rank_batch = self.cfg.train.batch_size // self.ctx.world_size
 
     def _setup_data(self) -> None:
+        from cxrmtl.data.labelcut import LabelCut
         from cxrmtl.data.loader import make_loader
 
         self.data: RunData = open_run_data(
@@ -164,8 +182,11 @@ class Trainer:
                         self.skipped["train"], self.skipped["val"], self.data.record.cache_dir)
         common = {"cache": self.cache, "index": self.index, "rank": self.ctx.rank, "world_size": self.ctx.world_size,
                   "num_workers": self.cfg.data.num_workers}
+        # data.rare_positive_fraction < 1: the training split's positives of data.rare_findings are partly masked
+        # (data.labelcut); validation (and everything after training) keeps every label.
+        self.label_cut = LabelCut.from_config(self.cfg.data, seed=self.cfg.seed)
         self.train_loader = make_loader(split="train", batch_size=self.per_rank_batch, shuffle=True,
-                                        seed=self.cfg.seed, drop_last=True, **common)
+                                        seed=self.cfg.seed, drop_last=True, label_cut=self.label_cut, **common)
         self.val_loader = make_loader(split="val", batch_size=self.cfg.train.eval_batch_size, shuffle=False,
                                       drop_last=False, **common)
 
@@ -173,7 +194,10 @@ class Trainer:
         from cxrmtl.train.weighting import build_weighting
 
         cfg, dev = self.cfg, self.ctx.device
-        self.tasks = build_tasks_for(cfg, pos_weight=train_pos_weight(cfg, self.index))
+        # Under a label cut the positive weights come from the labels training sees, not from the full index.
+        samples = self.train_loader.samples
+        seen = {k: (samples.targets[k], samples.masks[k]) for k in samples.targets} if self.label_cut else None
+        self.tasks = build_tasks_for(cfg, pos_weight=train_pos_weight(cfg, self.index, train_targets=seen))
         self.labels = label_map(self.tasks)
         resuming = self.resume and not self.restart  # a resume takes its weights from the checkpoint
         model = build_model(cfg, self.tasks, pretrained=False if resuming else None)
@@ -220,6 +244,7 @@ class Trainer:
             if self.ctx.is_main:
                 self.run.create(self.cfg, self.tasks, world_size=self.ctx.world_size, restart=self.restart)
                 self._record_data()
+                self._record_label_cut()
             dist_utils.barrier(self.ctx)
             return
         self._load_state(ckpt.load_checkpoint(self.run.last, map_location=self.ctx.device))
@@ -228,6 +253,25 @@ class Trainer:
             self.run.trim_log(max_step=self.state.step)
             self.run.update_config(self.cfg)  # a resume may change epochs / max_steps (RESUME_MUTABLE)
             self._record_data()
+            self._record_label_cut()
+
+    def _record_label_cut(self) -> None:
+        """RUN/label_cut.json when training sees reduced labels (what was cut, how many kept, which images); a run
+        with every label has none (a restart with another config drops a stale one)."""
+        from cxrmtl.data.labelcut import cut_record, describe_counts
+        from cxrmtl.fsio import write_json_atomic
+        from cxrmtl.runs.layout import LABEL_CUT_FILE
+
+        path = self.run.path / LABEL_CUT_FILE
+        if self.label_cut is None:
+            path.unlink(missing_ok=True)
+            return
+        counts = self.train_loader.samples.cut
+        names = self.index.table["image"].to_numpy()
+        write_json_atomic(path, cut_record(self.label_cut, counts, image_names=names, split="train"))
+        log.info("%s: reduced training labels (data.rare_positive_fraction %g, seed %d): positives kept/had %s; the "
+                 "others are masked, val keeps every label (%s)", self.run.path, self.label_cut.fraction,
+                 self.label_cut.seed, describe_counts(counts), LABEL_CUT_FILE)
 
     def _record_data(self) -> None:
         """Write RUN/data.json unless it already says the same (the fingerprint was checked in _setup_data)."""
@@ -342,7 +386,7 @@ class Trainer:
 
     def _norm_step(self) -> bool:
         """Whether this step also measures per-task gradient norms (costs one extra backward per task)."""
-        every = self.cfg.train.log_every
+        every = self.cfg.train.grad_norm_every
         return bool(every) and (self.state.step + 1) % every == 0
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
