@@ -14,7 +14,8 @@ last stage keeps its resolution with dilated convolutions, no retraining).
 
     python bench/bench_cam.py RUN --data DATA --cache CACHE [--layers backbone.layer3,backbone.layer2]
         [--methods gradcam,gradcam++,hirescam] [--select train,val] [--report test] [--out bench/results/cam.md]
-        [--picture docs/localization_before_after.png --rows gradcam@backbone.layer4@wang,...]
+        [--picture docs/localization_before_after.png --rows gradcam@backbone.layer4@wang,...] [--csv FILE]
+    python bench/bench_cam.py --combine A.csv B.csv ...   # rank settings over several runs
 
 Writes a markdown report (command, machine, date, load, PHANTOM) to ``--out`` and prints progress lines.
 """
@@ -51,18 +52,25 @@ class Maps:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("run", type=Path, nargs="?")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--cache", type=Path)
     parser.add_argument("--layers", default="backbone.layer4,backbone.layer3,backbone.layer2")
     parser.add_argument("--methods", default="gradcam,gradcam++,hirescam")
     parser.add_argument("--select", default="train,val", help="splits whose boxed cases choose the rule")
     parser.add_argument("--report", default="test", help="split the chosen settings are reported on")
     parser.add_argument("--grid", default="full", choices=("full", "small"), help="peak-rule parameter grid")
     parser.add_argument("--out", type=Path, help="markdown report (default: print only)")
+    parser.add_argument("--csv", type=Path, help="every (method, layer, rule) x split as CSV, for --combine")
     parser.add_argument("--picture", type=Path, help="write a picture with one row per --rows entry here")
     parser.add_argument("--rows", default="", help="method@layer@rule per picture row, comma-separated")
+    parser.add_argument("--combine", nargs="*", type=Path, help="rank settings over several --csv files and stop")
     args = parser.parse_args()
+    if args.combine:
+        print(combine(args.combine))
+        return
+    if args.run is None or args.data is None or args.cache is None:
+        parser.error("RUN, --data and --cache are needed unless --combine is given")
     import torch
 
     from cxrmtl.data.cache import open_cache
@@ -106,6 +114,8 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n", encoding="utf-8")
+    if args.csv:
+        write_csv(results, args.csv, run=args.run, select=select, report=report)
 
 
 def header(args, loaded, select, report, n_rules: int) -> str:
@@ -320,6 +330,45 @@ def tables(results, rules, report, *, split: str) -> list[str]:
         lines.append(f"| {m} | {la} | `{r}` | {s['acc']:.3f} | {s['afp']:.2f} | {t['acc']:.3f} | {t['afp']:.2f} | "
                      f"{t['iou']:.3f} |")
     return lines
+
+
+def write_csv(results, path: Path, *, run: Path, select, report) -> None:
+    """One row per (method, layer, rule, split): mean accuracy, AFP, IoU accuracy, boxes per case, pointing."""
+    import pandas as pd
+
+    rows = []
+    for method, layer, maps, scored in results:
+        for split, cases in (("select", select), ("report", report)):
+            point = pointing(maps[split].heat, cases)
+            rows += [{"run": str(run), "method": method, "layer": layer, "rule": rule, "split": split,
+                      "acc": e["acc"], "afp": e["afp"], "iou": e["iou"], "boxes": e["boxes"], "pointing": point}
+                     for rule, e in scored[split].items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def combine(paths: list[Path], *, top: int = 20) -> str:
+    """Markdown: the (method, layer, rule) settings ranked by their mean select-split accuracy over the runs among
+    those under 1 false box per case in every run, with each run's select and report numbers."""
+    import pandas as pd
+
+    frame = pd.concat([pd.read_csv(p) for p in paths])
+    runs = list(dict.fromkeys(frame["run"]))
+    wide = frame.pivot_table(index=["method", "layer", "rule"], columns=["split", "run"], values=["acc", "afp"])
+    ok = (wide["afp"]["select"] < 1.0).all(axis=1)
+    score = wide["acc"]["select"].mean(axis=1)
+    order = score[ok].sort_values(ascending=False).index[:top]
+    head = ("| method | layer | rule | mean select acc | " + " | ".join(
+        f"run {k + 1}: select acc (AFP) | run {k + 1}: test acc (AFP)" for k in range(len(runs))) + " |")
+    lines = [f"Runs: {', '.join(f'{k + 1} = `{r}`' for k, r in enumerate(runs))}.", "", head,
+             "|---" * (4 + 2 * len(runs)) + "|"]
+    for key in [*order, *(k for k in wide.index if k[2] == "wang" and k not in order)]:
+        cells = []
+        for r in runs:
+            for split in ("select", "report"):
+                cells.append(f"{wide.loc[key, ('acc', split, r)]:.3f} ({wide.loc[key, ('afp', split, r)]:.2f})")
+        lines.append(f"| {key[0]} | {key[1]} | `{key[2]}` | {score[key]:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def auroc_check(loaded, index, cache, *, split: str, layers: list[str]) -> str:

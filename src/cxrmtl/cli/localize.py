@@ -26,7 +26,9 @@ def localize_command(
     allow_data_mismatch: bool = typer.Option(
         False, "--allow-data-mismatch", help="Localise on --data other than the run's on purpose."),
     which: Checkpoint = checkpoint_option(),
-    layer: str | None = typer.Option(None, "--layer", help="Module to take the CAM from (default: last stage)."),
+    layer: str | None = typer.Option(
+        None, "--layer", help="Module(s) to take the CAM from, A or A+B (default: the two deepest stages with >= 8 "
+                              "cells a side, averaged; docs/localization.md)."),
     cam: CamMethod = typer.Option(labels.LOC_DEFAULT_CAM, "--cam",
                                   help="Heatmap method: gradcam, gradcam++ or hirescam (docs/localization.md)."),
     box_rule: BoxRuleName = typer.Option(

@@ -179,7 +179,7 @@ def localize_run(
         pixels = np.stack([np.asarray(cache.images[p.cache_row]) for p in chunk])
         x = normalize(torch.from_numpy(pixels).unsqueeze(1), mean=cfg.pixel_mean, std=cfg.pixel_std)
         maps = grad_cam(loaded.model, x, task=task, columns=[p.column for p in chunk], layer=layer, method=cam,
-                        min_side=labels.LOC_CAM_MIN_SIDE)
+                        min_side=labels.LOC_CAM_MIN_SIDE, stages=labels.LOC_CAM_STAGES)
         for p, image, heat in zip(chunk, pixels, maps, strict=True):
             case = LocalizationCase(image=p.image, finding=p.finding, pred=to_boxes(heat), gt=p.gt,
                                     peak=heatmap_peak(heat))
@@ -188,8 +188,9 @@ def localize_run(
     return LocalizationResult(split=split, task=task, cases=cases, iobb=evaluate_localization(cases, kind="iobb"),
                               iou=evaluate_localization(cases, kind="iou"), skipped=skipped, gallery=gallery.files,
                               data=describe_split(index, cache, split=split), pointing=pointing_game(cases),
-                              cam=cam, box_rule=rule, layer=layer_name(loaded.model, layer=layer, image_size=cache.size,
-                                                         min_side=labels.LOC_CAM_MIN_SIDE))
+                              cam=cam, box_rule=rule,
+                              layer=layer_name(loaded.model, layer=layer, image_size=cache.size,
+                                               min_side=labels.LOC_CAM_MIN_SIDE, stages=labels.LOC_CAM_STAGES))
 
 
 def describe_split(index: Any, cache: Any, *, split: str) -> DataDescription | None:
