@@ -159,3 +159,29 @@ def test_default_layer_is_the_deepest_stage_fine_enough_for_a_box() -> None:
     assert layer_name(net, image_size=512, min_side=8) == "layer4"  # 512 / 32 = 16: the last stage is fine enough
     assert layer_name(net, image_size=16, min_side=64) == "layer4"  # nothing fine enough: the last stage
     assert layer_name(net, layer="layer1", image_size=128, min_side=8) == "layer1"  # a named layer wins
+
+
+def test_default_layers_are_the_deepest_stages_fine_enough_and_a_plus_joins_named_ones() -> None:
+    from cxrmtl.localize.cam import layer_name, resolve_target_layers
+
+    net = timm.create_model("resnet18", num_classes=0, in_chans=1)
+    assert layer_name(net, image_size=128, min_side=8, stages=2) == "layer2+layer3"  # 16 x 16 and 8 x 8
+    assert layer_name(net, image_size=512, min_side=8, stages=2) == "layer3+layer4"
+    assert layer_name(net, stages=2) == "layer3+layer4"  # no size: the last two stages
+    assert resolve_target_layers(net, layer="layer1+layer2") == [net.layer1, net.layer2]
+    with pytest.raises(EvaluationError, match="layer9"):
+        resolve_target_layers(net, layer="layer2+layer9")
+    with pytest.raises(EvaluationError, match="stages"):
+        resolve_target_layers(net, stages=0)
+
+
+def test_two_layer_cam_is_the_mean_of_the_two_scaled_maps() -> None:
+    torch.manual_seed(0)
+    model = TimmMultiTask().eval()
+    x = _images()
+    one = [grad_cam(model, x, task="findings", columns=[0, 13], layer=f"backbone.{n}") for n in ("layer3", "layer4")]
+    both = grad_cam(model, x, task="findings", columns=[0, 13], layer="backbone.layer3+backbone.layer4")
+    mean = (one[0] + one[1]) / 2
+    for b in range(2):  # pytorch-grad-cam averages the per-layer [0, 1] maps, then min-max scales the mean again
+        expected = (mean[b] - mean[b].min()) / (mean[b].max() - mean[b].min() + 1e-7)
+        assert np.allclose(both[b], expected, atol=1e-4)

@@ -163,7 +163,7 @@ def _result(kind: str) -> object:
 
 
 @pytest.mark.parametrize("kind", ["phantom", "subset"])
-def test_localize_outputs_carry_the_banner_and_no_paper_column_off_the_official_split(kind: str, tmp_path) -> None:
+def test_localize_outputs_off_the_official_split_carry_the_banner_and_label_wangs_column(kind: str, tmp_path) -> None:
     import json
 
     from cxrmtl.localize.run import localization_section, write_outputs
@@ -172,11 +172,16 @@ def test_localize_outputs_carry_the_banner_and_no_paper_column_off_the_official_
     paths = write_outputs(_result(kind), tmp_path)
     text = paths["markdown"].read_text()
     banner = "PHANTOM DATA" if kind == "phantom" else "SUBSET: 40 images, 20 patients"
-    assert f"> **{banner}" in text and "Wang 2017 @0.5" not in text and "not listed" in text
+    labelled = "| Wang 2017 @0.5, real NIH test (not this data) |"
+    assert f"> **{banner}" in text and labelled in text and "for scale only, not as a comparison" in text
+    assert "| Wang 2017 @0.5 |" not in text  # the full T(IoBB) table keeps the paper out: different data
     doc = json.loads(paths["json"].read_text())
     assert doc["data"]["kind"] == kind and doc["wang2017_iobb_0.5"] is None
+    assert doc["wang2017_reference"]["comparable"] is False
+    assert doc["wang2017_reference"]["iobb_0.5"] == dict(labels.WANG_IOBB05_ACCURACY)
     section = load_section(paths["section"])
-    assert banner in section.html and "Wang 2017" not in section.html and "40 images" in section.note
+    assert banner in section.html and "40 images" in section.note
+    assert "real NIH test (not this data)" in section.html and "for scale only" in section.html
     assert localization_section(_result(kind)).markdown == section.markdown
 
 
@@ -187,8 +192,13 @@ def test_localize_outputs_on_the_official_split_sit_next_to_wang(tmp_path) -> No
 
     paths = write_outputs(_result("nih"), tmp_path)
     text = paths["markdown"].read_text()
-    assert "Wang 2017 @0.5" in text and "> **" not in text and "official test split" in text
-    assert json.loads(paths["json"].read_text())["wang2017_iobb_0.5"] == dict(labels.WANG_IOBB05_ACCURACY)
+    assert "| Wang 2017 @0.5 |" in text and "> **" not in text and "official test split" in text
+    assert "not this data" not in text and "same images and scoring" in text
+    doc = json.loads(paths["json"].read_text())
+    assert doc["wang2017_iobb_0.5"] == dict(labels.WANG_IOBB05_ACCURACY) and doc["wang2017_reference"]["comparable"]
+    # the default rule is recorded, and the note says Wang's boxes came from Wang's rule
+    assert doc["box_rule"] == labels.LOC_DEFAULT_BOX_RULE and "max_boxes" in doc["box_rule_params"]
+    assert f"rule `{labels.LOC_DEFAULT_BOX_RULE}` (`--box-rule`)" in text and "`--box-rule wang`" in text
 
 
 def test_ground_truth_boxes_scales_from_the_image_file_size() -> None:
@@ -268,3 +278,83 @@ def test_pointing_game_on_hand_made_heatmaps() -> None:
     assert table["finding"].tolist() == ["Cardiomegaly", "Mass"]  # canonical order
     assert table["hits"].tolist() == [0, 2] and table["cases"].tolist() == [1, 3]
     assert table["hit_rate"].tolist() == pytest.approx([0.0, 2 / 3])
+
+
+def test_wang_rule_in_the_registry_is_wangs_rule_unchanged() -> None:
+    from cxrmtl.localize.localization import BOX_RULES, box_rule
+
+    heat = _blob_map(32, [(4, 6, 10, 8, 0.5), (20, 20, 5, 3, 1.0)])
+    heat[8:10, 6:8] = 1.0
+    assert box_rule("wang").boxes(heat).tolist() == [[4, 6, 10, 8], [20, 20, 5, 3], [6, 8, 2, 2]]
+    assert BOX_RULES["wang"].params == {"thresholds": [60, 180]}
+    assert tuple(sorted(BOX_RULES)) == tuple(sorted(labels.LOC_BOX_RULES))
+    assert labels.LOC_DEFAULT_BOX_RULE in BOX_RULES
+    with pytest.raises(EvaluationError, match="unknown rule 'otsu'"):
+        box_rule("otsu")
+
+
+def test_peak_boxes_drops_a_weaker_secondary_blob_and_keeps_the_main_one() -> None:
+    from cxrmtl.localize.localization import peak_boxes
+
+    heat = _blob_map(64, [(8, 8, 10, 12, 1.0), (40, 40, 8, 8, 0.6)])  # the second blob peaks at 0.6 of the max
+    assert peak_boxes(heat, level=0.5, keep=0.8, max_boxes=3, sigma=0.0).tolist() == [[8, 8, 10, 12]]
+    # Wang's rule boxes both (60/255 = 0.24 and 180/255 = 0.71 of the max): one false box more.
+    assert heatmap_to_boxes(heat).tolist() == [[8, 8, 10, 12], [40, 40, 8, 8]]
+    # a looser keep share lets the secondary blob through, strongest first
+    assert peak_boxes(heat, level=0.5, keep=0.5, max_boxes=3, sigma=0.0).tolist() == [[8, 8, 10, 12],
+                                                                                       [40, 40, 8, 8]]
+
+
+def test_peak_boxes_keeps_at_most_k_boxes_strongest_first() -> None:
+    from cxrmtl.localize.localization import peak_boxes
+
+    heat = _blob_map(64, [(2, 2, 6, 6, 0.9), (20, 20, 6, 6, 1.0), (40, 40, 6, 6, 0.95)])
+    two = peak_boxes(heat, level=0.5, keep=0.8, max_boxes=2, sigma=0.0)
+    assert two.tolist() == [[20, 20, 6, 6], [40, 40, 6, 6]]
+    assert len(peak_boxes(heat, level=0.5, keep=0.8, max_boxes=3, sigma=0.0)) == 3
+    assert peak_boxes(heat, level=0.5, keep=0.8, max_boxes=1, sigma=0.0).tolist() == [[20, 20, 6, 6]]
+
+
+def test_peak_boxes_min_area_drops_a_speck_and_smoothing_prefers_the_broad_blob() -> None:
+    from cxrmtl.localize.localization import peak_boxes, smooth_heatmap
+
+    heat = _blob_map(64, [(30, 30, 12, 12, 0.9)])
+    heat[5, 5] = 1.0  # a one-pixel spike, stronger than the blob
+    assert peak_boxes(heat, level=0.5, keep=0.8, max_boxes=1, sigma=0.0).tolist() == [[5, 5, 1, 1]]
+    assert peak_boxes(heat, level=0.5, keep=0.8, max_boxes=1, min_area=0.01, sigma=0.0).tolist() == [[30, 30, 12, 12]]
+    smoothed = peak_boxes(heat, level=0.5, keep=0.8, max_boxes=1, sigma=0.03)  # blur of 2 px: the spike fades
+    (x, y, w, h), = smoothed.tolist()
+    assert 26 <= x <= 31 and 26 <= y <= 31 and 11 <= w <= 18 and 11 <= h <= 18
+    assert np.array_equal(smooth_heatmap(heat, sigma=0.0), heat)
+    assert peak_boxes(np.full((16, 16), 0.3)).shape == (0, 4)  # flat map: no evidence, no box
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"level": 0.0}, "level"),
+        ({"keep": 1.5}, "keep"),
+        ({"max_boxes": 0}, "max_boxes"),
+        ({"min_area": 1.0}, "min_area"),
+        ({"sigma": -0.1}, "sigma"),
+    ],
+)
+def test_peak_boxes_rejects_bad_parameters(params: dict, message: str) -> None:
+    from cxrmtl.localize.localization import peak_boxes
+
+    with pytest.raises(EvaluationError, match=message):
+        peak_boxes(np.eye(8), **params)
+
+
+def test_finding_rows_put_wang_beside_ours_and_label_the_data() -> None:
+    from cxrmtl.localize.localization import finding_rows, pointing_game
+
+    cases = _synthetic_cases()
+    result = evaluate_localization(cases, kind="iobb")
+    head, rows = finding_rows(result, pointing_game(cases), comparable=False)
+    assert head[-1] == "Wang 2017 @0.5, real NIH test (not this data)"
+    # no peaks recorded: every pointing case misses
+    assert rows[1] == ["Nodule", "4", "0.500", "0.75", "0.000", f"{labels.WANG_IOBB05_ACCURACY['Nodule']:.3f}"]
+    wang_mean = (labels.WANG_IOBB05_ACCURACY["Effusion"] + labels.WANG_IOBB05_ACCURACY["Nodule"]) / 2
+    assert rows[-1] == ["mean over 2 findings", "6", "0.500", "0.62", "0.000", f"{wang_mean:.3f}"]
+    assert finding_rows(result, pointing_game(cases), comparable=True)[0][-1] == "Wang 2017 @0.5"

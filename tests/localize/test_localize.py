@@ -74,8 +74,12 @@ def test_localize_run_scores_every_boxed_test_case_and_draws_the_gallery(tiny_ru
     assert list(hits) == boxed and all(0 <= row["hit_rate"] <= 1 for row in hits.values())
     assert sum(row["cases"] for row in hits.values()) == len(expected)
     assert 0 <= doc["mean_iobb_0.5"]["accuracy"] <= 1
-    text = paths["markdown"].read_text()  # the phantom folder is detected: banner, no paper column beside ours
-    assert "> **PHANTOM DATA" in text and "Wang 2017 @0.5" not in text and doc["data"]["kind"] == "phantom"
+    text = paths["markdown"].read_text()  # the phantom folder is detected: banner, the paper's column labelled
+    assert "> **PHANTOM DATA" in text and "| Wang 2017 @0.5 |" not in text and doc["data"]["kind"] == "phantom"
+    assert "real NIH test (not this data)" in text
+    assert doc["box_rule"] == result.box_rule == labels.LOC_DEFAULT_BOX_RULE  # the default is recorded
+    assert f"rule `{labels.LOC_DEFAULT_BOX_RULE}`" in text
+    assert all(len(c.pred) <= labels.LOC_PEAK_MAX_BOXES for c in result.cases)
 
 
 def test_localize_command_writes_into_the_run(tiny_run) -> None:
@@ -100,6 +104,14 @@ def test_localize_command_writes_into_the_run(tiny_run) -> None:
     assert "## Pointing game" in hires.output
     unknown = CliRunner().invoke(app, ["localize", str(run), "--data", str(root), "--cam", "scorecam"])
     assert unknown.exit_code == 2 and "scorecam" in unknown.output  # --cam is a choice too
+    wang = CliRunner().invoke(app, ["localize", str(run), "--data", str(root), "--cache", str(cache_dir),
+                                    "--gallery", "0", "--box-rule", "wang", "--out", str(run / "wang")])
+    assert wang.exit_code == 0, wang.output
+    doc = json.loads((run / "wang" / "localization.json").read_text())
+    assert doc["box_rule"] == "wang" and doc["box_rule_params"] == {"thresholds": [60, 180]}
+    assert "rule `wang`" in wang.output
+    bad_rule = CliRunner().invoke(app, ["localize", str(run), "--data", str(root), "--box-rule", "otsu"])
+    assert bad_rule.exit_code == 2 and "otsu" in bad_rule.output
 
 
 def test_pending_cases_follow_the_head_outputs(tiny_run) -> None:

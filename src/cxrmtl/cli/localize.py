@@ -11,6 +11,7 @@ from cxrmtl import labels
 from cxrmtl.cli._options import Checkpoint, Device, Split, checkpoint_option, device_option
 
 CamMethod = Literal[labels.LOC_CAM_METHODS]  # type: ignore[valid-type]  # == cxrmtl.localize.cam.CAM_METHODS
+BoxRuleName = Literal[labels.LOC_BOX_RULES]  # type: ignore[valid-type]  # == localize.localization.BOX_RULES
 
 ORDER = 55
 
@@ -25,14 +26,19 @@ def localize_command(
     allow_data_mismatch: bool = typer.Option(
         False, "--allow-data-mismatch", help="Localise on --data other than the run's on purpose."),
     which: Checkpoint = checkpoint_option(),
-    layer: str | None = typer.Option(None, "--layer", help="Module to take the CAM from (default: last stage)."),
+    layer: str | None = typer.Option(
+        None, "--layer", help="Module(s) to take the CAM from, A or A+B (default: the two deepest stages with >= 8 "
+                              "cells a side, averaged; docs/localization.md)."),
     cam: CamMethod = typer.Option(labels.LOC_DEFAULT_CAM, "--cam",
                                   help="Heatmap method: gradcam, gradcam++ or hirescam (docs/localization.md)."),
+    box_rule: BoxRuleName = typer.Option(
+        labels.LOC_DEFAULT_BOX_RULE, "--box-rule",
+        help="Heatmap -> boxes: peak (strongest regions) or wang (Wang et al. 2017, for the protocol number)."),
     gallery: int = typer.Option(8, "--gallery", min=0, help="Overlay PNGs per kind (hit, false positive, miss)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per Grad-CAM pass."),
     device: Device = device_option(),
 ) -> None:
-    """Localise every boxed finding of a split with Grad-CAM; write localization.{json,md}, gallery/ and a section."""
+    """Localise every boxed finding of a split with a CAM; write localization.{json,md}, gallery/ and a section."""
     from cxrmtl.cli._logging import configure_logging
     from cxrmtl.cli._options import resolve_device_name
     from cxrmtl.infer.predictor import load_run
@@ -46,7 +52,7 @@ def localize_command(
                        allow_data_mismatch=allow_data_mismatch)
     out = out or run / "eval" / split / "localization"
     result = localize_run(loaded, rd.cache, rd.index, split=split, batch_size=batch_size, layer=layer, cam=cam,
-                          gallery_dir=out / "gallery" if gallery else None, gallery_per_kind=gallery)
+                          rule=box_rule, gallery_dir=out / "gallery" if gallery else None, gallery_per_kind=gallery)
     paths = write_outputs(result, out)
     typer.echo(paths["markdown"].read_text(encoding="utf-8"))
     typer.echo(f"written: {paths['json']}, {paths['markdown']}, {paths['section']}")

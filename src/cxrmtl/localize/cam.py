@@ -1,13 +1,14 @@
 """Class activation maps (Grad-CAM, Grad-CAM++, HiResCAM) for one output of one task of a multitask network.
 
 The maps come from ``pytorch-grad-cam``; ``CAM_METHODS`` names the methods a user can pick (``cxrmtl localize
---cam``), ``DEFAULT_CAM`` is the one measured best on the phantom's boxes (bench/bench_localization.py,
+--cam``), ``DEFAULT_CAM`` is the one measured best on the phantom's boxes (bench/bench_cam.py,
 docs/localization.md).
 
 ``MultiTaskNet.forward`` returns a dict keyed by task; Grad-CAM wants a model that returns one tensor. ``TaskOutput``
 wraps the network so that it returns ``model(x)[task]`` and ``ClassifierOutputTarget(j)`` then picks column j, i.e.
-``model(x)[task][:, j]`` for finding j. The layer the CAM is taken from is found by a small registry of resolvers
-(timm's ``feature_info`` first, the last 2-D convolution otherwise) unless the caller names one.
+``model(x)[task][:, j]`` for finding j. The layers the CAM is taken from are found by a small registry of resolvers
+(timm's ``feature_info`` first, the last 2-D convolution otherwise) unless the caller names them; with several layers
+pytorch-grad-cam averages their maps (a fine stage for position, a deeper one for what the logit used).
 """
 
 from __future__ import annotations
@@ -60,18 +61,20 @@ def _feature_stages(model: nn.Module) -> list[tuple[nn.Module, int]]:
     return []
 
 
-def _timm_feature_layer(model: nn.Module, *, image_size: int | None = None, min_side: int = 0) -> nn.Module | None:
-    """The deepest timm feature stage whose map has at least ``min_side`` cells a side at ``image_size`` (e.g.
-    DenseNet's ``features.norm5`` or, for a 128 px ResNet and ``min_side=8``, ``layer3``); the last stage when no
-    size is given or none is fine enough."""
-    stages = _feature_stages(model)
-    if not stages:
-        return None
+def _timm_feature_layers(
+    model: nn.Module, *, image_size: int | None = None, min_side: int = 0, stages: int = 1
+) -> list[nn.Module]:
+    """The ``stages`` deepest timm feature stages whose maps have at least ``min_side`` cells a side at
+    ``image_size``, shallow to deep (for a 128 px ResNet, ``min_side=8`` and ``stages=2``: ``layer2`` and
+    ``layer3``); the last ``stages`` stages when no size is given or none is fine enough; [] without timm stages."""
+    found = _feature_stages(model)
+    if not found:
+        return []
     if image_size and min_side:
-        fine = [m for m, reduction in stages if reduction and image_size // reduction >= min_side]
+        fine = [m for m, reduction in found if reduction and image_size // reduction >= min_side]
         if fine:
-            return fine[-1]
-    return stages[-1][0]
+            return fine[-stages:]
+    return [m for m, _ in found][-stages:]
 
 
 def _last_conv(model: nn.Module) -> nn.Module | None:
@@ -79,29 +82,40 @@ def _last_conv(model: nn.Module) -> nn.Module | None:
     return convs[-1] if convs else None
 
 
-def _last_conv_any(model: nn.Module, **_: object) -> nn.Module | None:
-    return _last_conv(model)
+def _last_conv_any(model: nn.Module, **_: object) -> list[nn.Module]:
+    conv = _last_conv(model)
+    return [conv] if conv is not None else []
 
 
 # Tried in order; the first that finds a layer wins.
-TARGET_LAYER_RESOLVERS: tuple[Callable[..., nn.Module | None], ...] = (_timm_feature_layer, _last_conv_any)
+TARGET_LAYER_RESOLVERS: tuple[Callable[..., list[nn.Module]], ...] = (_timm_feature_layers, _last_conv_any)
+
+
+def resolve_target_layers(
+    model: nn.Module, *, layer: str | None = None, image_size: int | None = None, min_side: int = 0, stages: int = 1
+) -> list[nn.Module]:
+    """The modules whose activations the CAM weighs (their maps are averaged): ``layer`` (a dotted name, or several
+    joined by ``+``) or the resolvers' choice, the ``stages`` deepest feature stages with at least ``min_side``
+    cells a side at ``image_size`` (0: the last stages)."""
+    if stages < 1:
+        raise EvaluationError(f"stages: at least one layer to take a CAM from, got {stages}")
+    if layer is not None:
+        try:
+            return [model.get_submodule(name) for name in layer.split("+")]
+        except AttributeError as exc:
+            raise EvaluationError(f"target layer: the model has no submodule {layer!r}") from exc
+    for resolver in TARGET_LAYER_RESOLVERS:
+        found = resolver(model, image_size=image_size, min_side=min_side, stages=stages)
+        if found:
+            return found
+    raise EvaluationError("target layer: the model has no 2-D convolution or timm feature stage to take a CAM from")
 
 
 def resolve_target_layer(
     model: nn.Module, *, layer: str | None = None, image_size: int | None = None, min_side: int = 0
 ) -> nn.Module:
-    """The module whose activations the CAM weighs: ``layer`` (a dotted name) or the resolvers' choice, which is
-    the deepest feature stage with at least ``min_side`` cells a side at ``image_size`` (0: the last stage)."""
-    if layer is not None:
-        try:
-            return model.get_submodule(layer)
-        except AttributeError as exc:
-            raise EvaluationError(f"target layer: the model has no submodule {layer!r}") from exc
-    for resolver in TARGET_LAYER_RESOLVERS:
-        found = resolver(model, image_size=image_size, min_side=min_side)
-        if found is not None:
-            return found
-    raise EvaluationError("target layer: the model has no 2-D convolution or timm feature stage to take a CAM from")
+    """The one module ``resolve_target_layers`` picks with ``stages=1``: the deepest stage fine enough."""
+    return resolve_target_layers(model, layer=layer, image_size=image_size, min_side=min_side)[-1]
 
 
 def _gradcam() -> type:
@@ -137,10 +151,13 @@ def cam_class(method: str) -> type:
     return CAM_METHODS[method]()
 
 
-def layer_name(model: nn.Module, *, layer: str | None = None, image_size: int | None = None, min_side: int = 0) -> str:
-    """The dotted name of the module ``resolve_target_layer`` picks (for reports)."""
-    target = resolve_target_layer(model, layer=layer, image_size=image_size, min_side=min_side)
-    return next((name for name, module in model.named_modules() if module is target), layer or "")
+def layer_name(
+    model: nn.Module, *, layer: str | None = None, image_size: int | None = None, min_side: int = 0, stages: int = 1
+) -> str:
+    """The dotted names, joined by ``+``, of the modules ``resolve_target_layers`` picks (for reports)."""
+    targets = resolve_target_layers(model, layer=layer, image_size=image_size, min_side=min_side, stages=stages)
+    names = {id(module): name for name, module in model.named_modules()}
+    return "+".join(names.get(id(t), "") for t in targets) or (layer or "")
 
 
 def grad_cam(
@@ -151,11 +168,15 @@ def grad_cam(
     columns: Sequence[int],
     layer: str | None = None,
     method: str = DEFAULT_CAM,
-    min_side: int = 0,
+    min_side: int = labels.LOC_CAM_MIN_SIDE,
+    stages: int = labels.LOC_CAM_STAGES,
 ) -> np.ndarray:
     """CAM maps (B, H, W) in [0, 1] at the input size; row b explains ``model(x)[task][b, columns[b]]``.
 
-    ``method`` is a ``CAM_METHODS`` name. ``images`` is the float input the network expects
+    ``method`` is a ``CAM_METHODS`` name; the map is the average of the (each min-max scaled) maps of the layers
+    ``resolve_target_layers`` picks: by default the ``labels.LOC_CAM_STAGES`` deepest stages with at least
+    ``labels.LOC_CAM_MIN_SIDE`` cells a side, the setting measured best on the phantom's boxes (the same maps
+    for ``localize``, ``predict --heatmaps`` and the service). ``images`` is the float input the network expects
     (``data.loader.normalize`` of the uint8 cache pixels, with the run's ``data.pixel_mean``/``pixel_std``). Each
     map is min-max scaled by pytorch-grad-cam; a map that is zero everywhere means no positive evidence.
     """
@@ -167,11 +188,12 @@ def grad_cam(
     if len(columns) != images.shape[0]:
         raise EvaluationError(f"columns: {len(columns)} target columns for a batch of {images.shape[0]} images")
     wrapped = TaskOutput(model, task)
-    target_layer = resolve_target_layer(model, layer=layer, image_size=int(images.shape[-1]), min_side=min_side)
+    targets = resolve_target_layers(model, layer=layer, image_size=int(images.shape[-1]), min_side=min_side,
+                                    stages=stages)
     device = next(model.parameters()).device
     was_training = model.training
     try:
-        with torch.enable_grad(), cam_type(model=wrapped, target_layers=[target_layer]) as cam:
+        with torch.enable_grad(), cam_type(model=wrapped, target_layers=targets) as cam:
             _check_columns(wrapped, images.to(device), columns)
             maps = cam(input_tensor=images.to(device), targets=[ClassifierOutputTarget(int(j)) for j in columns])
     finally:

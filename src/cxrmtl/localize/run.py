@@ -1,7 +1,8 @@
 """Localisation of a trained run: Grad-CAM on every boxed image of a split, Wang et al.'s scoring, a PNG gallery.
 
 For each (image, finding) with a ground-truth box (``NIHIndex.boxes``, mapped into the cache image) the findings
-head's output for that finding is explained with Grad-CAM (``localize.cam``); its heatmap becomes boxes and the
+head's output for that finding is explained with a CAM (``localize.cam``); its heatmap becomes boxes by a rule of
+``localization.BOX_RULES`` (the default, or Wang's own for the protocol number; the name is in every output) and the
 cases are scored at every T(IoBB) and T(IoU) (``localize.localization``). The gallery keeps the first cases, in
 image-name order, of each kind at T(IoBB) = ``labels.LOC_GALLERY_IOBB``: true positives (a predicted box hits a true
 box), false positives (a predicted box hits nothing) and misses (no predicted box hits); one case can be both a hit
@@ -28,11 +29,13 @@ from cxrmtl.localize.localization import (
     LocalizationCase,
     accuracy_rows,
     accuracy_table,
+    box_rule,
     case_outcome,
     evaluate_localization,
+    finding_rows,
+    finding_table,
     ground_truth_boxes,
     heatmap_peak,
-    heatmap_to_boxes,
     image_sizes,
     iobb,
     iou_rows,
@@ -41,6 +44,9 @@ from cxrmtl.localize.localization import (
     pointing_rows,
     pointing_table,
 )
+
+WANG_SOURCE = ("Wang et al. 2017, ChestX-ray8, arXiv:1705.02315: 14-class ResNet-50, real NIH test images with "
+               "boxes, Wang's box rule")
 
 # Gallery kinds: name -> test on (localised, false positives) at the gallery threshold.
 GALLERY_KINDS: dict[str, Callable[[bool, int], bool]] = {
@@ -74,6 +80,7 @@ class LocalizationResult:
     pointing: pd.DataFrame | None = None  # pointing game per finding (localization.pointing_game)
     cam: str = labels.LOC_DEFAULT_CAM  # localize.cam.CAM_METHODS name the heatmaps came from
     layer: str = ""  # module the CAM was taken from
+    box_rule: str = labels.LOC_DEFAULT_BOX_RULE  # localization.BOX_RULES name the boxes were drawn by
 
     @property
     def mean_iobb05(self) -> float | None:
@@ -99,7 +106,9 @@ class LocalizationResult:
             "task": self.task,
             "cases": len(self.cases),
             "skipped_unreadable": self.skipped,
-            "heatmap_thresholds": list(labels.LOC_HEATMAP_THRESHOLDS),
+            "box_rule": self.box_rule,
+            "box_rule_params": dict(box_rule(self.box_rule).params),
+            "heatmap_thresholds": list(labels.LOC_HEATMAP_THRESHOLDS),  # Wang's rule's, whichever rule drew
             "iobb": self.iobb.to_dict(orient="records"),
             "iou": self.iou.to_dict(orient="records"),
             "cam": self.cam,
@@ -107,6 +116,8 @@ class LocalizationResult:
             "mean_iobb_0.5": {"accuracy": self.mean_iobb05, "afp": self.mean_afp05},
             "pointing_game": self.pointing.to_dict(orient="records") if self.pointing is not None else [],
             "wang2017_iobb_0.5": dict(labels.WANG_IOBB05_ACCURACY) if self.comparable else None,
+            "wang2017_reference": {"iobb_0.5": dict(labels.WANG_IOBB05_ACCURACY), "comparable": self.comparable,
+                                   "source": WANG_SOURCE},
             "gallery": self.gallery,
         }
 
@@ -143,17 +154,19 @@ def localize_run(
     batch_size: int = 16,
     layer: str | None = None,
     cam: str = labels.LOC_DEFAULT_CAM,
+    rule: str = labels.LOC_DEFAULT_BOX_RULE,
     gallery_dir: Path | None = None,
     gallery_per_kind: int = 8,
 ) -> LocalizationResult:
-    """CAM (``cam``: a ``CAM_METHODS`` name), boxes, Wang-style scores and the pointing game for every boxed image
-    of ``split``; PNGs into ``gallery_dir``."""
+    """CAM (``cam``: a ``CAM_METHODS`` name), boxes (``rule``: a ``BOX_RULES`` name), Wang-style scores and the
+    pointing game for every boxed image of ``split``; PNGs into ``gallery_dir``."""
     import torch
 
     from cxrmtl.data.loader import normalize
     from cxrmtl.localize.cam import cam_class, grad_cam, layer_name
 
-    cam_class(cam)  # an unknown method fails before any work
+    cam_class(cam)  # an unknown method or rule fails before any work
+    to_boxes = box_rule(rule).boxes
     if batch_size < 1:
         raise EvaluationError(f"batch_size: must be at least 1, got {batch_size}")
     task = _findings_task(loaded.labels)
@@ -166,17 +179,18 @@ def localize_run(
         pixels = np.stack([np.asarray(cache.images[p.cache_row]) for p in chunk])
         x = normalize(torch.from_numpy(pixels).unsqueeze(1), mean=cfg.pixel_mean, std=cfg.pixel_std)
         maps = grad_cam(loaded.model, x, task=task, columns=[p.column for p in chunk], layer=layer, method=cam,
-                        min_side=labels.LOC_CAM_MIN_SIDE)
+                        min_side=labels.LOC_CAM_MIN_SIDE, stages=labels.LOC_CAM_STAGES)
         for p, image, heat in zip(chunk, pixels, maps, strict=True):
-            case = LocalizationCase(image=p.image, finding=p.finding, pred=heatmap_to_boxes(heat), gt=p.gt,
+            case = LocalizationCase(image=p.image, finding=p.finding, pred=to_boxes(heat), gt=p.gt,
                                     peak=heatmap_peak(heat))
             cases.append(case)
             gallery.offer(case, image, heat)
     return LocalizationResult(split=split, task=task, cases=cases, iobb=evaluate_localization(cases, kind="iobb"),
                               iou=evaluate_localization(cases, kind="iou"), skipped=skipped, gallery=gallery.files,
                               data=describe_split(index, cache, split=split), pointing=pointing_game(cases),
-                              cam=cam, layer=layer_name(loaded.model, layer=layer, image_size=cache.size,
-                                                         min_side=labels.LOC_CAM_MIN_SIDE))
+                              cam=cam, box_rule=rule,
+                              layer=layer_name(loaded.model, layer=layer, image_size=cache.size,
+                                               min_side=labels.LOC_CAM_MIN_SIDE, stages=labels.LOC_CAM_STAGES))
 
 
 def describe_split(index: Any, cache: Any, *, split: str) -> DataDescription | None:
@@ -213,13 +227,12 @@ class _Gallery:
 
 
 def localization_markdown(result: LocalizationResult) -> str:
-    """localization.md: the method in one paragraph, the T(IoBB) table next to Wang et al., the T(IoU) table."""
-    thresholds = ", ".join(str(t) for t in labels.LOC_HEATMAP_THRESHOLDS)
+    """localization.md: the method in one paragraph, the per-finding summary next to Wang et al.'s published
+    accuracies (labelled when the data is not theirs), the T(IoBB) table, the pointing game, the T(IoU) table."""
     data = result.data
     banner = [f"> **{data.banner}**", ""] if data is not None and data.banner else []
     reference = labels.WANG_IOBB05_ACCURACY if result.comparable else None
-    wang = ("Wang 2017 @0.5: the 14-class ResNet-50 of ChestX-ray8 (arXiv:1705.02315). " if result.comparable else
-            "Wang et al.'s accuracies are not listed: they were measured on the complete official NIH test split. ")
+    pointing = result.pointing if result.pointing is not None else pointing_game([])
     return "\n".join([
         f"# Localisation ({_title(result)})",
         "",
@@ -229,18 +242,25 @@ def localization_markdown(result: LocalizationResult) -> str:
         + (f"; {result.skipped} boxed images left out (missing, unreadable, or boxes outside the cached square)."
            if result.skipped else "."),
         f"Heatmaps: {_title(result)} from `{result.layer or 'the default layer'}` (`cxrmtl localize --cam`, "
-        f"`--layer`). Heatmap -> boxes: normalised to [0, 255], thresholded at {thresholds} (Wang et al. 2017), one "
-        "box per 8-connected region. A box is correct when its overlap with a true box is strictly above T.",
+        f"`--layer`). Heatmap -> boxes, rule `{result.box_rule}` (`--box-rule`): {box_rule(result.box_rule).summary}. "
+        "A box is correct when its overlap with a true box is strictly above T (Wang et al. 2017).",
+        "",
+        "## Per finding at T(IoBB)=0.5",
+        "",
+        finding_table(result.iobb, pointing, comparable=result.comparable).rstrip("\n"),
+        "",
+        _wang_note(result) + " AFP: false boxes per case. Pointing: share of cases whose heatmap maximum lies inside a "
+        "true box.",
         "",
         "## Accuracy at T(IoBB)",
         "",
         accuracy_table(result.iobb, reference=reference).rstrip("\n"),
         "",
-        wang + "AFP: false boxes per case." + _mean_line(result),
+        "AFP: false boxes per case." + _mean_line(result),
         "",
         "## Pointing game",
         "",
-        pointing_table(result.pointing if result.pointing is not None else pointing_game([])).rstrip("\n"),
+        pointing_table(pointing).rstrip("\n"),
         "",
         "A hit: the heatmap's maximum lies inside a true box of the finding (Zhang et al., ECCV 2016; no tolerance).",
         "",
@@ -249,6 +269,17 @@ def localization_markdown(result: LocalizationResult) -> str:
         iou_table(result.iou).rstrip("\n"),
         "",
     ])
+
+
+def _wang_note(result: LocalizationResult) -> str:
+    """What Wang et al.'s column is and how far it may be compared with ours."""
+    rule = ("" if result.box_rule == "wang" else
+            f" Their boxes came from their rule (`--box-rule wang`), ours from `{result.box_rule}`.")
+    if result.comparable:
+        return f"Wang 2017 @0.5: {WANG_SOURCE}; same images and scoring.{rule}"
+    what = result.data.label if result.data is not None else f"split {result.split}"
+    return (f"Wang 2017 @0.5: {WANG_SOURCE}. Listed for scale only, not as a comparison: our numbers are on {what}, "
+            f"theirs on the real NIH test images.{rule}")
 
 
 def _title(result: LocalizationResult) -> str:
@@ -290,10 +321,14 @@ def localization_section(result: LocalizationResult, *, gallery_dir: Path | None
             if banner else ""]
     body += [f"<p>{html.escape(line)}</p>" for line in intro.splitlines() if line and not line.startswith("> ")]
     reference = labels.WANG_IOBB05_ACCURACY if result.comparable else None
+    pointing = result.pointing if result.pointing is not None else pointing_game([])
+    body.append("<h3>Per finding at T(IoBB)=0.5, next to Wang et al. 2017</h3>")
+    body.append(html_table(*finding_rows(result.iobb, pointing, comparable=result.comparable))
+                if not result.iobb.empty else "<p>no cases</p>")
+    body.append(f"<p>{html.escape(_wang_note(result))}</p>")
     for heading, frame, rows_of in (("Accuracy at T(IoBB)", result.iobb,
                                      lambda f: accuracy_rows(f, reference=reference)),
-                                    ("Pointing game (heatmap maximum inside a true box)",
-                                     result.pointing if result.pointing is not None else pointing_game([]),
+                                    ("Pointing game (heatmap maximum inside a true box)", pointing,
                                      pointing_rows),
                                     ("Accuracy at T(IoU), cells: accuracy (AFP)", result.iou, iou_rows)):
         body.append(f"<h3>{html.escape(heading)}</h3>")
