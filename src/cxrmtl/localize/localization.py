@@ -146,6 +146,16 @@ class BoxRule:
     params: Mapping[str, object]  # the parameters the rule runs with, recorded in localization.json
 
 
+def _peak_summary() -> str:
+    """The ``peak`` rule in words, leaving out the steps its constants switch off (sigma 0, min_area 0)."""
+    smooth = (f"Gaussian-smoothed (sigma {labels.LOC_PEAK_SIGMA:g} of the side), " if labels.LOC_PEAK_SIGMA
+              else "")
+    area = f" and its area {labels.LOC_PEAK_MIN_AREA:g} of the map" if labels.LOC_PEAK_MIN_AREA else ""
+    return (f"strongest regions: {smooth}scaled to [0, 1], binarised at {labels.LOC_PEAK_LEVEL:g}; a region is kept "
+            f"when its maximum reaches {labels.LOC_PEAK_KEEP:g} of the map's maximum{area}, at most "
+            f"{labels.LOC_PEAK_MAX_BOXES} per heatmap")
+
+
 # Registry of heatmap -> boxes rules (``cxrmtl localize --box-rule``). "wang" is Wang et al.'s rule unchanged, so that
 # the protocol number stays comparable with the paper; "peak" is the default, measured best on the phantom's boxes
 # (bench/bench_cam.py, docs/localization.md). The scoring (IoBB / IoU, accuracy, AFP) is the same for every rule.
@@ -159,10 +169,7 @@ BOX_RULES: dict[str, BoxRule] = {
         name="peak", boxes=peak_boxes,
         params={"sigma": labels.LOC_PEAK_SIGMA, "level": labels.LOC_PEAK_LEVEL, "keep": labels.LOC_PEAK_KEEP,
                 "max_boxes": labels.LOC_PEAK_MAX_BOXES, "min_area": labels.LOC_PEAK_MIN_AREA},
-        summary=f"strongest regions: Gaussian-smoothed (sigma {labels.LOC_PEAK_SIGMA:g} of the side), scaled to "
-                f"[0, 1], binarised at {labels.LOC_PEAK_LEVEL:g}; a region is kept when its maximum reaches "
-                f"{labels.LOC_PEAK_KEEP:g} of the map's maximum and its area {labels.LOC_PEAK_MIN_AREA:g} of the map, "
-                f"at most {labels.LOC_PEAK_MAX_BOXES} per heatmap"),
+        summary=_peak_summary()),
 }
 DEFAULT_BOX_RULE = labels.LOC_DEFAULT_BOX_RULE
 
